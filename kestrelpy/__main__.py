@@ -1,0 +1,7 @@
+"""Allow ``python -m kestrelpy``."""
+
+import sys
+
+from kestrelpy.cli import main
+
+sys.exit(main())
