@@ -1,0 +1,125 @@
+"""``kestrelpy`` command line: ``serve``, ``stats``, ``dump-store``.
+
+The only module that imports the global reactor. A user error prints one line on stderr
+and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kestrelpy import __version__
+from kestrelpy.errors import KestrelpyError
+
+
+class UsageError(KestrelpyError):
+    """A mistake on the command line or in the environment the user can fix."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code: int = args.run(args)
+    except KestrelpyError as err:
+        print(f"kestrelpy: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kestrelpy", description="A durable, Kestrel-compatible message queue server."
+    )
+    parser.add_argument("--version", action="version", version=f"kestrelpy {__version__}")
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="memcache port (default 22133; 0 = any free)")
+    serve.add_argument("--data-dir", type=Path, help="store directory (default ./data)")
+    serve.add_argument("--config", type=Path, help="server.conf (TOML)")
+    serve.set_defaults(run=cmd_serve)
+
+    stats = commands.add_parser("stats", help="print a running server's stats")
+    stats.add_argument("--server", default="127.0.0.1:22133", help="host:port")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.set_defaults(run=cmd_stats)
+
+    dump = commands.add_parser("dump-store", help="list queues in a store, offline, read-only")
+    dump.add_argument("--data-dir", type=Path, required=True)
+    dump.add_argument("--json", action="store_true", help="one JSON object")
+    dump.set_defaults(run=cmd_dump_store)
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the config, check the data dir, run until SIGTERM/SIGINT or ``shutdown``."""
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    from kestrelpy.config import load_config
+    from kestrelpy.service import make_service
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: expected 0..65535")
+    config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+    _check_data_dir(config.server.data_dir)
+    predicate: Any = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    stderr_observer: Any = textFileLogObserver(sys.stderr)
+    observer: Any = FilteringLogObserver(stderr_observer, [predicate])
+    globalLogBeginner.beginLoggingTo(
+        [observer],
+        redirectStandardIO=False,
+    )
+    reactor: Any = global_reactor
+    service = make_service(config, reactor)
+    try:
+        service.startService()
+    except CannotListenError as err:
+        service.store.close()
+        raise UsageError(
+            f"cannot listen on {config.server.listen_address}:{config.server.memcache_port}: "
+            f"{err.socketError}"
+        ) from err
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+def _check_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"data dir {path}: cannot create: {err.strerror}") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"data dir {path}: not writable")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from kestrelpy.admin import print_stats
+
+    return print_stats(args.server, as_json=args.json)
+
+
+def cmd_dump_store(args: argparse.Namespace) -> int:
+    from kestrelpy.admin import print_store
+
+    return print_store(args.data_dir, as_json=args.json)

@@ -1,0 +1,200 @@
+"""All queues of a server: creation, fanout, aliases, expiry moves, delete and flush.
+
+This is the queue API the command handler (and later the bundled client's embedded mode
+and the router) use; none of them touch the store directly.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.logger import Logger
+
+from kestrelpy.config import Config
+from kestrelpy.queues.queue import CacheBudget, Item, Queue, Waiter
+from kestrelpy.stats import ServerStats
+from kestrelpy.storage.lmdb_store import LmdbStore
+
+_RELATIVE_EXPIRY_LIMIT_S = 1_000_000  # Kestrel: below this an exptime is relative seconds
+
+
+def expiry_ms(exptime: int, now_ms: int) -> int:
+    """Kestrel's exptime rule in unix ms: 0 none, < 1,000,000 relative s, else absolute s.
+
+    A negative exptime means already expired (kept as 1 ms after the epoch).
+    """
+    if exptime == 0:
+        return 0
+    if exptime < 0:
+        return 1
+    if exptime < _RELATIVE_EXPIRY_LIMIT_S:
+        return now_ms + exptime * 1000
+    return exptime * 1000
+
+
+class QueueCollection:
+    """Name -> Queue, plus fanout children and aliases. Reactor thread only."""
+
+    _log = Logger()
+
+    def __init__(self, store: LmdbStore, config: Config, stats: ServerStats) -> None:
+        self._store = store
+        self._config = config
+        self._stats = stats
+        self._budget = CacheBudget(config.server.read_ahead_size)
+        self._queues: dict[str, Queue] = {}
+        self._children: dict[str, dict[str, Queue]] = {}
+        self.aliases: dict[str, tuple[str, ...]] = dict(config.aliases)
+        self.alias_put_items: dict[str, int] = {}
+        self.alias_put_bytes: dict[str, int] = {}
+        store.on_rollback(self._rollback)
+        for record in store.load_queues():
+            queue = self._new_queue(
+                record.name,
+                record.queue_id,
+                record.create_time,
+                head_id=record.head_id,
+                tail_id=record.tail_id,
+                items=record.items,
+                payload_bytes=record.payload_bytes,
+            )
+            self._register(queue)
+
+    # ------------------------------------------------------------------------ lookup
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def names(self) -> list[str]:
+        return sorted(self._queues)
+
+    def queues(self) -> list[Queue]:
+        return [self._queues[name] for name in sorted(self._queues)]
+
+    def get(self, name: str) -> Queue | None:
+        return self._queues.get(name)
+
+    def get_or_create(self, name: str) -> Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            now_s = int(time.time())
+            queue_id = self._store.create_queue(name, now_s)
+            queue = self._new_queue(name, queue_id, now_s)
+            self._register(queue)
+            self._stats.queue_creates += 1
+        return queue
+
+    def children_of(self, name: str) -> list[str]:
+        return sorted(self._children.get(name, {}))
+
+    def _new_queue(self, name: str, queue_id: int, create_time: int, **state: int) -> Queue:
+        return Queue(
+            name,
+            queue_id,
+            self._config.queue_config(name),
+            self._store,
+            self._budget,
+            read_ahead_items=self._config.server.read_ahead_items,
+            create_time=create_time,
+            on_expired=self._expired,
+            **state,
+        )
+
+    def _register(self, queue: Queue) -> None:
+        self._queues[queue.name] = queue
+        parent, plus, _child = queue.name.partition("+")
+        if plus:
+            self._children.setdefault(parent, {})[queue.name] = queue
+
+    # ------------------------------------------------------------------------ writes
+
+    def put(self, name: str, flags: int, exptime: int, data: bytes, now_ms: int) -> bool:
+        """Add to a queue, its fanout children, or an alias's destinations.
+
+        True when the item was accepted (for an alias: by every destination).
+        """
+        expiry = expiry_ms(exptime, now_ms)
+        destinations = self.aliases.get(name)
+        if destinations is not None:
+            self.alias_put_items[name] = self.alias_put_items.get(name, 0) + 1
+            self.alias_put_bytes[name] = self.alias_put_bytes.get(name, 0) + len(data)
+            accepted = True
+            for destination in destinations:
+                accepted = self._put_one(destination, flags, expiry, data, now_ms) and accepted
+            return accepted
+        return self._put_one(name, flags, expiry, data, now_ms)
+
+    def _put_one(self, name: str, flags: int, expiry: int, data: bytes, now_ms: int) -> bool:
+        children = self._children.get(name)
+        if children:
+            for child in children.values():
+                child.put(flags, expiry, data, now_ms)
+        queue = self._queues.get(name) or self.get_or_create(name)
+        if queue.config.fanout_only and children:
+            return True
+        return queue.put(flags, expiry, data, now_ms)
+
+    def _expired(self, queue: Queue, item: Item) -> None:
+        target = queue.config.expire_to_queue
+        if target and target != queue.name:
+            self._put_one(target, item.flags, 0, item.data, item.added_ms)
+
+    def delete(self, name: str) -> list[Waiter]:
+        """Drop a queue and its items; returns its blocked readers for the caller to end."""
+        queue = self._queues.pop(name, None)
+        if queue is None:
+            return []
+        parent, plus, _child = name.partition("+")
+        if plus:
+            self._children.get(parent, {}).pop(name, None)
+        queue.deleted = True
+        queue.forget_cache()
+        self._store.drop_queue(name, queue.queue_id)
+        self._stats.queue_deletes += 1
+        return queue.release_waiters()
+
+    def flush(self, name: str) -> None:
+        queue = self._queues.get(name)
+        if queue is not None:
+            queue.flush()
+
+    def flush_all(self) -> None:
+        for queue in self._queues.values():
+            queue.flush()
+
+    def flush_expired(self, name: str, now_ms: int) -> int:
+        queue = self._queues.get(name)
+        return queue.expire_sweep(now_ms) if queue is not None else 0
+
+    def flush_all_expired(self, now_ms: int) -> int:
+        return sum(queue.expire_sweep(now_ms) for queue in list(self._queues.values()))
+
+    def delete_aged_out_queues(self, now_ms: int) -> list[Waiter]:
+        """``max_queue_age``: delete queues that are empty and older than the limit."""
+        released: list[Waiter] = []
+        now_s = now_ms // 1000
+        for queue in list(self._queues.values()):
+            limit = queue.config.max_queue_age
+            if limit is None or queue.items or queue.open_transactions:
+                continue
+            if (now_s - queue.create_time) * 1000 >= limit:
+                released.extend(self.delete(queue.name))
+                self._stats.queue_expires += 1
+        return released
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded config to every queue and alias (RELOAD)."""
+        self._config = config
+        self.aliases = dict(config.aliases)
+        for queue in self._queues.values():
+            queue.config = config.queue_config(queue.name)
+
+    def _rollback(self, lost: list[tuple[int, int, int]]) -> None:
+        by_queue: dict[int, dict[int, int]] = {}
+        for queue_id, item_id, size in lost:
+            by_queue.setdefault(queue_id, {})[item_id] = size
+        for queue in self._queues.values():
+            ids = by_queue.get(queue.queue_id)
+            if ids:
+                queue.rollback(ids)

@@ -1,0 +1,188 @@
+"""The Twisted side of a memcache connection: framing, reply order, commit-gated output.
+
+Each ``dataReceived`` parses every complete request, runs them in order through the
+:class:`~kestrelpy.handler.Session`, and answers the whole batch with one write. Output
+that contains a reply to a write (``STORED`` …) is held until the commit carrying that
+write has finished; replies queued behind it wait too, so replies never overtake each
+other. A blocked read (``/t=``) holds back the requests pipelined after it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kestrelpy.handler import (
+    BLOCKED,
+    CLOSE,
+    COMMIT_FAILED,
+    WROTE,
+    Durable,
+    ServerContext,
+    Session,
+)
+from kestrelpy.wire.memcache import MemcacheParser, Request
+
+_PAUSE_BACKLOG = 1024  # parsed requests queued behind a blocked read before we stop reading
+
+
+class CommitGate(Protocol):
+    """What a connection needs from the store: which batch a write rides, and its end."""
+
+    @property
+    def pending_ticket(self) -> int: ...
+
+    def when_committed(self, listener: Any) -> None: ...
+
+
+class MemcacheConnection(TwistedProtocol):
+    """One client connection. Reactor thread only."""
+
+    _log = Logger()
+    transport: Any  # a TCP transport: write, loseConnection, pause/resumeProducing
+
+    def __init__(self, ctx: ServerContext, commits: CommitGate) -> None:
+        self._ctx = ctx
+        self._commits = commits
+        settings = ctx.settings
+        self._parser = MemcacheParser(
+            max_line_length=settings.max_line_length,
+            item_size_max=settings.item_size_max,
+            honor_noreply=settings.honor_noreply,
+            bare_errors=settings.bare_error_lines,
+        )
+        self._session = Session(ctx, self._resumed)
+        self._out: list[Any] = []
+        self._holds: deque[list[int]] = deque()  # [commit ticket, end index in _out]
+        self._backlog: deque[Request] = deque()
+        self._blocked = False
+        self._paused = False
+        self._closing = False
+        self._gone = False
+
+    def connectionMade(self) -> None:
+        stats = self._ctx.stats
+        stats.curr_connections += 1
+        stats.total_connections += 1
+        self._ctx.sessions.add(self._session)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._ctx.stats.bytes_read += len(data)
+        requests = self._parser.feed(data)
+        if self._blocked or self._backlog or self._closing:
+            if not self._closing:
+                self._backlog.extend(requests)
+                if len(self._backlog) > _PAUSE_BACKLOG and not self._paused:
+                    self._paused = True
+                    self.transport.pauseProducing()
+            return
+        self._run(requests)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
+        self._ctx.stats.curr_connections -= 1
+        self._ctx.sessions.discard(self._session)
+        self._session.end()
+
+    # ------------------------------------------------------------------- running
+
+    def _run(self, requests: Iterable[Request]) -> None:
+        out = self._out
+        execute = self._session.execute
+        wrote = False
+        pending = iter(requests)
+        for request in pending:
+            code = execute(request, out)
+            if not code:
+                continue
+            if code == WROTE:
+                wrote = True
+            elif code == BLOCKED:
+                self._blocked = True
+                self._backlog.extend(pending)
+                break
+            elif code == CLOSE:
+                self._closing = True
+                self._backlog.clear()
+                break
+        self._settle(wrote)
+
+    def _settle(self, wrote: bool) -> None:
+        """After a run: hold output behind the commit of its writes, or send it now."""
+        if wrote:
+            ticket = self._commits.pending_ticket
+            holds = self._holds
+            if holds and holds[-1][0] == ticket:
+                holds[-1][1] = len(self._out)
+            else:
+                holds.append([ticket, len(self._out)])
+                self._commits.when_committed(self._committed)
+        if not self._holds:
+            self._send(len(self._out), True)
+            if self._closing and not self._gone:
+                self.transport.loseConnection()
+
+    def _committed(self, ok: bool) -> None:
+        """The oldest commit this connection waits for has ended (in commit order)."""
+        end = self._holds.popleft()[1]
+        if not self._holds:
+            end = len(self._out)
+        self._send(end, ok)
+        shift = end
+        for hold in self._holds:
+            hold[1] -= shift
+        if not self._holds and self._closing and not self._gone:
+            self.transport.loseConnection()
+
+    def _send(self, end: int, ok: bool) -> None:
+        if not end:
+            return
+        out = self._out
+        parts = out[:end]
+        del out[:end]
+        if self._gone:
+            return
+        for index, part in enumerate(parts):
+            if type(part) is Durable:
+                parts[index] = part.ok if ok else COMMIT_FAILED
+        data = b"".join(parts)
+        self._ctx.stats.bytes_written += len(data)
+        self.transport.write(data)
+
+    def _resumed(self, replies: list[Any], code: int) -> None:
+        """A blocked read ended (item, timeout or queue deleted): continue the pipeline."""
+        self._blocked = False
+        self._out.extend(replies)
+        if self._backlog:
+            # Not from inside the put that woke us: run the rest on a fresh stack.
+            self._ctx.clock.callLater(0, self._drain_backlog)
+        self._settle(False)
+
+    def _drain_backlog(self) -> None:
+        if self._gone or self._blocked:
+            return
+        backlog = self._backlog
+        self._backlog = deque()
+        self._run(backlog)
+        if self._paused and not self._blocked and not self._gone:
+            self._paused = False
+            self.transport.resumeProducing()
+
+
+class MemcacheFactory(Factory):
+    """Builds a connection per client around the shared server context."""
+
+    noisy = False  # no log line per listener start/stop
+
+    def __init__(self, ctx: ServerContext, commits: CommitGate) -> None:
+        self._ctx = ctx
+        self._commits = commits
+
+    def buildProtocol(self, addr: Any) -> MemcacheConnection:
+        return MemcacheConnection(self._ctx, self._commits)

@@ -1,0 +1,636 @@
+"""The durable store: the only module that imports ``lmdb``.
+
+Layout (one LMDB environment in the data directory, three named databases):
+
+* ``items``: key = queue id (u32, big-endian) + item id (u64, big-endian), so every queue is
+  one ordered key range and key order is FIFO order. Value = ``_HEADER`` (flags, expiry ms,
+  added ms) + payload.
+* ``queues``: queue name (bytes) -> queue id + creation time. Ids are never reused, so a
+  queue deleted and re-created in the same batch cannot collide with its old items.
+* ``meta``: per-queue item/byte counters (updated in the same transaction as the items they
+  count, so startup needs no scan), the next queue id, and small server records (status).
+
+Writes are staged in a :class:`_Batch` on the reactor thread and committed together
+(group commit). Under ``sync="always"`` one writer thread commits with fsync while the
+reactor keeps filling the next batch; under ``"periodic"`` and ``"never"`` the batch is
+committed inline on the reactor thread at the end of the reactor turn (a commit without
+fsync costs less than a thread hand-off), and ``"periodic"`` fsyncs from a timer thread.
+Every batch's listeners are told, in commit order, whether it reached the store.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import SimpleQueue
+from typing import Any, Literal, NamedTuple
+
+import lmdb
+from twisted.logger import Logger
+
+from kestrelpy.errors import StoreError, StoreFullError
+
+SyncPolicy = Literal["always", "periodic", "never"]
+
+_KEY = struct.Struct(">IQ")
+_HEADER = struct.Struct(">Iqq")  # flags, expiry unix ms (0 = none), added unix ms
+_HEADER_SIZE = _HEADER.size
+_QUEUE_RECORD = struct.Struct(">Iq")  # queue id, create time unix s
+_COUNTERS = struct.Struct(">qq")  # items, payload bytes
+_U32 = struct.Struct(">I")
+_NEXT_QID_KEY = b"next_qid"
+_COUNTER_PREFIX = b"c"
+_RECORD_PREFIX = b"r"
+_INITIAL_MAP_SIZE = 256 * 1024 * 1024
+_MAX_ID = 2**64 - 1
+
+
+class StoredItem(NamedTuple):
+    """One queued item as the store hands it back (payload copied out of LMDB)."""
+
+    item_id: int
+    flags: int
+    expiry_ms: int
+    added_ms: int
+    data: bytes
+
+
+class QueueRecord(NamedTuple):
+    """What startup learns about a stored queue without scanning its items."""
+
+    name: str
+    queue_id: int
+    create_time: int
+    head_id: int  # first stored item id (== tail_id when empty)
+    tail_id: int  # one past the last stored item id
+    items: int
+    payload_bytes: int
+
+
+CommitListener = Callable[[bool], None]
+RollbackHandler = Callable[[list[tuple[int, int, int]]], None]  # (queue id, item id, size)
+
+
+@dataclass
+class _Batch:
+    """Writes that will commit in one transaction, and who waits for that commit."""
+
+    ticket: int
+    puts: dict[bytes, bytes] = field(default_factory=dict)
+    deletes: dict[bytes, int] = field(default_factory=dict)  # key -> payload size
+    truncations: dict[int, int] = field(default_factory=dict)  # queue id -> delete ids below
+    dropped_queues: dict[bytes, int] = field(default_factory=dict)  # name -> queue id
+    new_queues: dict[bytes, bytes] = field(default_factory=dict)  # name -> record
+    records: dict[bytes, bytes | None] = field(default_factory=dict)
+    next_qid: int | None = None
+    listeners: list[CommitListener] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (
+            self.puts
+            or self.deletes
+            or self.truncations
+            or self.dropped_queues
+            or self.new_queues
+            or self.records
+            or self.next_qid is not None
+        )
+
+    def carry_over_from(self, failed: _Batch) -> None:
+        """Keep a failed batch's removals and metadata: they were answered already.
+
+        Its puts are not kept: their writers were told ``SERVER_ERROR``.
+        """
+        for key, size in failed.deletes.items():
+            self.deletes.setdefault(key, size)
+        for qid, below in failed.truncations.items():
+            self.truncations[qid] = max(below, self.truncations.get(qid, 0))
+        merged_drops = dict(failed.dropped_queues)
+        merged_drops.update(self.dropped_queues)
+        self.dropped_queues = merged_drops
+        merged_new = dict(failed.new_queues)
+        merged_new.update(self.new_queues)
+        self.new_queues = merged_new
+        merged_records = dict(failed.records)
+        merged_records.update(self.records)
+        self.records = merged_records
+        if self.next_qid is None:
+            self.next_qid = failed.next_qid
+
+
+def item_key(queue_id: int, item_id: int) -> bytes:
+    return _KEY.pack(queue_id, item_id)
+
+
+class LmdbStore:
+    """Durable FIFO storage with group commit.
+
+    All public methods run on the reactor thread. Only ``_commit_batch`` (and the periodic
+    fsync) may run on another thread, and they touch nothing but the LMDB environment and
+    the batch they were handed.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        path: Path,
+        reactor: Any,
+        *,
+        sync: SyncPolicy = "always",
+        sync_interval_ms: int = 50,
+    ) -> None:
+        self._reactor: Any = reactor  # IReactorTime + IReactorThreads
+        self._sync = sync
+        self._sync_interval_s = max(sync_interval_ms, 1) / 1000.0
+        self._env = _open_env(path, sync=(sync == "always"))
+        self._items_db = self._env.open_db(b"items")
+        self._queues_db = self._env.open_db(b"queues")
+        self._meta_db = self._env.open_db(b"meta")
+        self._env_lock = threading.Lock()  # map resizes vs. reactor-thread read transactions
+        self._next_qid = self._read_next_qid()
+        self._ticket = 0
+        self._pending = _Batch(ticket=0)
+        self._in_flight: _Batch | None = None
+        self._commit_scheduled = False
+        self._rollback: RollbackHandler | None = None
+        self._closed = False
+        self._dirty_since_sync = threading.Event()
+        self._writer: _Writer | None = None
+        self._syncer: _PeriodicSyncer | None = None
+        self.commits = 0
+        self.last_error: str | None = None
+        if sync == "always":
+            self._writer = _Writer(self._commit_batch, self._writer_done)
+        elif sync == "periodic":
+            self._syncer = _PeriodicSyncer(self._env, self._sync_interval_s, self._dirty_since_sync)
+
+    # ----------------------------------------------------------------- queue registry
+
+    def load_queues(self) -> list[QueueRecord]:
+        """Every stored queue with its head, tail and counters: O(queues * log(items))."""
+        records: list[QueueRecord] = []
+        with self._env_lock, self._env.begin() as txn:
+            queues = list(txn.cursor(db=self._queues_db).iternext())
+            for raw_name, raw_record in queues:
+                qid, created = _QUEUE_RECORD.unpack(raw_record)
+                head, tail = _id_range(txn, self._items_db, qid)
+                counters = txn.get(_COUNTER_PREFIX + _U32.pack(qid), db=self._meta_db)
+                items, size = _COUNTERS.unpack(counters) if counters else (0, 0)
+                name = bytes(raw_name).decode("latin-1")
+                records.append(QueueRecord(name, qid, created, head, tail, items, size))
+        return records
+
+    def create_queue(self, name: str, create_time: int) -> int:
+        """Reserve a queue id now; the registration rides the next commit."""
+        qid = self._next_qid
+        self._next_qid += 1
+        batch = self._pending
+        batch.new_queues[name.encode("latin-1")] = _QUEUE_RECORD.pack(qid, create_time)
+        batch.next_qid = self._next_qid
+        self._schedule_commit()
+        return qid
+
+    def drop_queue(self, name: str, queue_id: int) -> None:
+        """Forget a queue and all its items (``delete``), in the next commit."""
+        batch = self._pending
+        encoded = name.encode("latin-1")
+        batch.new_queues.pop(encoded, None)
+        batch.dropped_queues[encoded] = queue_id
+        prefix = _U32.pack(queue_id)
+        for key in [k for k in batch.puts if k.startswith(prefix)]:
+            del batch.puts[key]
+        self._schedule_commit()
+
+    # ----------------------------------------------------------------------- items
+
+    def put(
+        self, queue_id: int, item_id: int, flags: int, expiry_ms: int, added_ms: int, data: bytes
+    ) -> None:
+        self._pending.puts[_KEY.pack(queue_id, item_id)] = (
+            _HEADER.pack(flags, expiry_ms, added_ms) + data
+        )
+        if not self._commit_scheduled:
+            self._schedule_commit()
+
+    def delete(self, queue_id: int, item_id: int, payload_size: int) -> None:
+        """Remove an item in the next commit; a put still pending is simply cancelled."""
+        key = _KEY.pack(queue_id, item_id)
+        batch = self._pending
+        if batch.puts.pop(key, None) is None:
+            batch.deletes[key] = payload_size
+            if not self._commit_scheduled:
+                self._schedule_commit()
+
+    def truncate(self, queue_id: int, below_id: int) -> None:
+        """Remove every item of a queue with an id below ``below_id`` (``flush``)."""
+        batch = self._pending
+        prefix = _U32.pack(queue_id)
+        for key in [k for k in batch.puts if k.startswith(prefix)]:
+            if _KEY.unpack(key)[1] < below_id:
+                del batch.puts[key]
+        batch.truncations[queue_id] = max(below_id, batch.truncations.get(queue_id, 0))
+        self._schedule_commit()
+
+    def read_items(
+        self, queue_id: int, from_id: int, end_id: int, max_items: int, max_bytes: int
+    ) -> list[StoredItem]:
+        """Items with ``from_id <= id < end_id`` in id order, committed or not yet committed.
+
+        Runs on the reactor thread; used only to refill a queue's read-ahead window, so a
+        backlog lives on disk rather than in Python objects.
+        """
+        found: list[StoredItem] = []
+        budget = max_bytes
+        next_id = from_id
+        end_key = _KEY.pack(queue_id, end_id)
+        with self._env_lock, self._env.begin(buffers=True) as txn:
+            cursor = txn.cursor(db=self._items_db)
+            if cursor.set_range(_KEY.pack(queue_id, from_id)):
+                for key, value in cursor:
+                    if bytes(key) >= end_key or len(found) >= max_items or budget <= 0:
+                        break
+                    item = _decode(bytes(key), value)
+                    found.append(item)
+                    budget -= len(item.data)
+                    next_id = item.item_id + 1
+        in_flight = self._in_flight.puts if self._in_flight else {}
+        pending = self._pending.puts
+        while next_id < end_id and len(found) < max_items and budget > 0:
+            key = _KEY.pack(queue_id, next_id)
+            staged = pending.get(key) or in_flight.get(key)
+            if staged is not None:
+                item = _decode(key, memoryview(staged))
+                found.append(item)
+                budget -= len(item.data)
+            next_id += 1
+        return found
+
+    # ----------------------------------------------------------------- small records
+
+    def get_record(self, name: bytes) -> bytes | None:
+        staged = self._pending.records
+        if name in staged:
+            return staged[name]
+        with self._env_lock, self._env.begin() as txn:
+            value = txn.get(_RECORD_PREFIX + name, db=self._meta_db)
+            return bytes(value) if value is not None else None
+
+    def set_record(self, name: bytes, value: bytes | None) -> None:
+        self._pending.records[name] = value
+        self._schedule_commit()
+
+    # ---------------------------------------------------------------- commit control
+
+    @property
+    def pending_ticket(self) -> int:
+        """The ticket of the batch that writes staged now will commit in."""
+        return self._pending.ticket
+
+    @property
+    def has_pending_writes(self) -> bool:
+        return not self._pending.is_empty()
+
+    def when_committed(self, listener: CommitListener) -> None:
+        """Call ``listener(ok)`` once everything staged so far has committed (or failed)."""
+        self._pending.listeners.append(listener)
+        self._schedule_commit()
+
+    def on_rollback(self, handler: RollbackHandler) -> None:
+        """Who to tell which (queue id, item id) puts were lost when a commit failed."""
+        self._rollback = handler
+
+    def flush_now(self) -> None:
+        """Commit everything staged, synchronously (shutdown and tests)."""
+        if self._writer is not None:
+            self._writer.drain()
+            self._deliver_writer_results()
+        if not self._pending.is_empty() or self._pending.listeners:
+            batch = self._take_pending()
+            self._finish(batch, self._commit_batch(batch))
+
+    def close(self) -> None:
+        """Commit what is staged, fsync, and close the environment."""
+        if self._closed:
+            return
+        self.flush_now()
+        if self._writer is not None:
+            self._writer.stop()
+        if self._syncer is not None:
+            self._syncer.stop()
+        self._closed = True
+        if self._sync != "always":
+            self._env.sync(True)
+        self._env.close()
+
+    def store_bytes(self) -> int:
+        """Bytes the store's pages occupy (``logsize`` in stats)."""
+        info = self._env.info()
+        stat = self._env.stat()
+        return int((info["last_pgno"] + 1) * stat["psize"])
+
+    # ---------------------------------------------------------------------- internals
+
+    def _schedule_commit(self) -> None:
+        if self._commit_scheduled or self._closed:
+            return
+        self._commit_scheduled = True
+        self._reactor.callLater(0, self._commit_turn)
+
+    def _commit_turn(self) -> None:
+        """End of a reactor turn: commit what this turn staged (or hand it to the writer)."""
+        self._commit_scheduled = False
+        if self._pending.is_empty() and not self._pending.listeners:
+            return
+        if self._writer is None:
+            batch = self._take_pending()
+            self._finish(batch, self._commit_batch(batch))
+        elif self._in_flight is None:
+            self._in_flight = self._take_pending()
+            self._writer.submit(self._in_flight)
+
+    def _take_pending(self) -> _Batch:
+        batch = self._pending
+        self._ticket += 1
+        self._pending = _Batch(ticket=self._ticket)
+        return batch
+
+    def _writer_done(self) -> None:
+        """Runs in the writer thread: wake the reactor to deliver the results."""
+        self._reactor.callFromThread(self._deliver_writer_results)
+
+    def _deliver_writer_results(self) -> None:
+        assert self._writer is not None
+        for batch, error in self._writer.results():
+            if batch is self._in_flight:
+                self._in_flight = None
+            self._finish(batch, error)
+        idle = self._in_flight is None and not self._closed
+        if idle and (not self._pending.is_empty() or self._pending.listeners):
+            self._in_flight = self._take_pending()
+            self._writer.submit(self._in_flight)
+
+    def _finish(self, batch: _Batch, error: StoreError | None) -> None:
+        if error is None:
+            self.commits += 1
+            self.last_error = None
+        else:
+            self.last_error = str(error)
+            self._log.error(
+                "commit failed, {count} writes refused: {error}",
+                count=len(batch.puts),
+                error=str(error),
+            )
+            self._pending.carry_over_from(batch)
+            if batch.puts and self._rollback is not None:
+                self._rollback(
+                    [
+                        (*_KEY.unpack(key), len(value) - _HEADER_SIZE)
+                        for key, value in batch.puts.items()
+                    ]
+                )
+            self._schedule_commit_later()
+        for listener in batch.listeners:
+            listener(error is None)
+
+    def _schedule_commit_later(self) -> None:
+        """After a failure, retry the carried-over removals after a pause, not in a spin."""
+        if self._closed:
+            return
+        self._reactor.callLater(0.5, self._schedule_commit)
+
+    def _commit_batch(self, batch: _Batch) -> StoreError | None:
+        """Write one batch in one transaction. May run on the writer thread."""
+        if batch.is_empty():
+            return None
+        for _attempt in range(16):
+            try:
+                with self._env.begin(write=True) as txn:
+                    self._apply(txn, batch)
+            except lmdb.MapFullError:
+                self._grow_map()
+                continue
+            except lmdb.Error as err:
+                return _store_error(err)
+            if self._sync == "periodic":
+                self._dirty_since_sync.set()
+            return None
+        return StoreFullError("store map cannot grow further")
+
+    def _grow_map(self) -> None:
+        with self._env_lock:
+            self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+    def _apply(self, txn: Any, batch: _Batch) -> None:
+        deltas: dict[int, list[int]] = {}
+        items, queues, meta = self._items_db, self._queues_db, self._meta_db
+        for name, qid in batch.dropped_queues.items():
+            txn.delete(name, db=queues)
+            txn.delete(_COUNTER_PREFIX + _U32.pack(qid), db=meta)
+            _delete_range(txn, items, qid, _MAX_ID)
+        for name, record in batch.new_queues.items():
+            txn.put(name, record, db=queues)
+        if batch.next_qid is not None:
+            txn.put(_NEXT_QID_KEY, _U32.pack(batch.next_qid), db=meta)
+        dropped_ids = set(batch.dropped_queues.values())
+        for key, value in batch.puts.items():
+            qid = _U32.unpack_from(key)[0]
+            if qid in dropped_ids:
+                continue
+            if txn.put(key, value, db=items):
+                delta = deltas.setdefault(qid, [0, 0])
+                delta[0] += 1
+                delta[1] += len(value) - _HEADER_SIZE
+        for key, size in batch.deletes.items():
+            if txn.delete(key, db=items):
+                delta = deltas.setdefault(_U32.unpack_from(key)[0], [0, 0])
+                delta[0] -= 1
+                delta[1] -= size
+        for qid, below in batch.truncations.items():
+            count, size = _delete_range(txn, items, qid, below)
+            delta = deltas.setdefault(qid, [0, 0])
+            delta[0] -= count
+            delta[1] -= size
+        for qid, (count, size) in deltas.items():
+            if qid in dropped_ids or (count == 0 and size == 0):
+                continue
+            counter_key = _COUNTER_PREFIX + _U32.pack(qid)
+            old = txn.get(counter_key, db=meta)
+            old_count, old_size = _COUNTERS.unpack(old) if old else (0, 0)
+            txn.put(counter_key, _COUNTERS.pack(old_count + count, old_size + size), db=meta)
+        for name, record in batch.records.items():
+            if record is None:
+                txn.delete(_RECORD_PREFIX + name, db=meta)
+            else:
+                txn.put(_RECORD_PREFIX + name, record, db=meta)
+
+    def _read_next_qid(self) -> int:
+        with self._env.begin() as txn:
+            raw = txn.get(_NEXT_QID_KEY, db=self._meta_db)
+            return int(_U32.unpack(raw)[0]) if raw else 1
+
+
+class _Writer:
+    """The one thread that commits (and fsyncs) batches under ``sync="always"``."""
+
+    def __init__(
+        self, commit: Callable[[_Batch], StoreError | None], notify: Callable[[], None]
+    ) -> None:
+        self._commit = commit
+        self._notify = notify
+        self._inbox: SimpleQueue[_Batch | None] = SimpleQueue()
+        self._done: SimpleQueue[tuple[_Batch, StoreError | None]] = SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="kestrelpy-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: _Batch) -> None:
+        self._idle.clear()
+        self._inbox.put(batch)
+
+    def results(self) -> Iterator[tuple[_Batch, StoreError | None]]:
+        while not self._done.empty():
+            yield self._done.get()
+
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait for the batch in flight (shutdown): at most one is ever submitted."""
+        self._idle.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+        self._thread.join(timeout=30.0)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._inbox.get()
+            if batch is None:
+                return
+            error = self._commit(batch)
+            self._done.put((batch, error))
+            self._idle.set()
+            self._notify()
+
+
+class _PeriodicSyncer:
+    """fsyncs the environment every interval when something was committed since the last."""
+
+    def __init__(self, env: Any, interval_s: float, dirty: threading.Event) -> None:
+        self._env = env
+        self._interval_s = interval_s
+        self._dirty = dirty
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kestrelpy-fsync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=30.0)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            if self._dirty.is_set():
+                self._dirty.clear()
+                self._env.sync(True)
+
+
+def _open_env(path: Path, *, sync: bool) -> Any:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return lmdb.open(
+            str(path),
+            map_size=_INITIAL_MAP_SIZE,
+            max_dbs=4,
+            sync=sync,
+            metasync=sync,
+            readahead=False,
+            map_async=False,
+        )
+    except lmdb.Error as err:
+        raise StoreError(f"cannot open store in {path}: {err}") from err
+
+
+def _decode(key: bytes, value: Any) -> StoredItem:
+    flags, expiry_ms, added_ms = _HEADER.unpack_from(value)
+    return StoredItem(_KEY.unpack(key)[1], flags, expiry_ms, added_ms, bytes(value[_HEADER_SIZE:]))
+
+
+def _id_range(txn: Any, db: Any, qid: int) -> tuple[int, int]:
+    """(head id, tail id) of a queue from its key range: two B-tree seeks, no scan."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(_KEY.pack(qid, 0)) or _U32.unpack_from(cursor.key())[0] != qid:
+        return 0, 0
+    head = _KEY.unpack(cursor.key())[1]
+    if cursor.set_range(_U32.pack(qid + 1)):
+        cursor.prev()  # the last key below the next queue's range is this queue's tail
+    else:
+        cursor.last()  # nothing after this queue: its tail is the last key
+    tail = _KEY.unpack(cursor.key())[1] + 1
+    return head, tail
+
+
+def _delete_range(txn: Any, db: Any, qid: int, below_id: int) -> tuple[int, int]:
+    """Delete a queue's items with id < below_id; returns (count, payload bytes)."""
+    cursor = txn.cursor(db=db)
+    end_key = _KEY.pack(qid, below_id) if below_id < _MAX_ID else _U32.pack(qid + 1)
+    count = size = 0
+    if not cursor.set_range(_KEY.pack(qid, 0)):
+        return 0, 0
+    while True:
+        key = cursor.key()
+        if not key or key >= end_key:  # unpositioned after deleting the last key
+            break
+        size += len(cursor.value()) - _HEADER_SIZE
+        count += 1
+        if not cursor.delete():
+            break
+    return count, size
+
+
+def _store_error(err: Exception) -> StoreError:
+    text = str(err)
+    if "No space left" in text or getattr(err, "errno", None) == errno.ENOSPC:
+        return StoreFullError(f"disk full: {text}")
+    return StoreError(text)
+
+
+def now_ms() -> int:
+    """Wall-clock unix milliseconds: expiry and ages are stored in this clock."""
+    return int(time.time() * 1000)
+
+
+def inspect_store(path: Path) -> list[QueueRecord]:
+    """Queues, counts and bytes of a store, opened read-only.
+
+    Safe while a server runs on the same directory: LMDB readers in other processes see
+    the last committed snapshot and never block the writer.
+    """
+    if not (path / "data.mdb").exists():
+        raise StoreError(f"{path}: no kestrelpy store here (data.mdb missing)")
+    try:
+        env = lmdb.open(str(path), readonly=True, max_dbs=4, lock=True)
+    except lmdb.Error as err:
+        raise StoreError(f"cannot open store in {path}: {err}") from err
+    try:
+        items_db = env.open_db(b"items", create=False)
+        queues_db = env.open_db(b"queues", create=False)
+        meta_db = env.open_db(b"meta", create=False)
+        records: list[QueueRecord] = []
+        with env.begin() as txn:
+            for raw_name, raw_record in txn.cursor(db=queues_db):
+                qid, created = _QUEUE_RECORD.unpack(raw_record)
+                head, tail = _id_range(txn, items_db, qid)
+                counters = txn.get(_COUNTER_PREFIX + _U32.pack(qid), db=meta_db)
+                items, size = _COUNTERS.unpack(counters) if counters else (0, 0)
+                name = bytes(raw_name).decode("latin-1")
+                records.append(QueueRecord(name, qid, created, head, tail, items, size))
+        return records
+    except lmdb.Error as err:
+        raise StoreError(f"cannot read store in {path}: {err}") from err
+    finally:
+        env.close()

@@ -1,0 +1,306 @@
+"""The memcache text protocol as Kestrel speaks it: bytes in, requests out; replies to bytes.
+
+Pure: no I/O, no Twisted, no queue logic, so it is cheap to test on plain byte strings and
+cheap to run on the hot path. :class:`MemcacheParser` keeps the framing state of one
+connection (a partial line, or a data block still arriving) and turns every complete
+request of a chunk into a request value, in order, so a pipelined batch is parsed in one
+call. Error replies follow PROTOCOL.md §7: the first token says who is at fault, a short
+reason follows, and ``close`` says whether framing is lost and the connection must end.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from kestrelpy.errors import KestrelpyError
+
+MAX_KEY_LENGTH = 250
+MAX_WAIT_MS = 2**31 - 1
+_MAX_FLAGS = 2**32 - 1
+_CRLF = b"\r\n"
+_STORAGE_VERBS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
+_BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
+_INT = re.compile(rb"-?[0-9]{1,19}\Z")
+
+STORED = b"STORED\r\n"
+NOT_STORED = b"NOT_STORED\r\n"
+END = b"END\r\n"
+DELETED = b"DELETED\r\n"
+ERROR = b"ERROR\r\n"
+
+
+class ProtocolError(KestrelpyError):
+    """A request the server will not run; ``reply`` is the whole error line to send."""
+
+    def __init__(self, reply: bytes, *, close: bool = False) -> None:
+        super().__init__(reply.decode("latin-1"))
+        self.reply = reply
+        self.close = close
+
+
+class Store(NamedTuple):
+    """``set <key> <flags> <exptime> <bytes> [noreply]`` with its data block."""
+
+    key: bytes
+    flags: int
+    exptime: int
+    data: bytes
+    noreply: bool
+
+
+class Retrieve(NamedTuple):
+    """``get``/``gets``: Kestrel reads only the first key; the rest are ignored."""
+
+    key: bytes
+    with_cas: bool
+
+
+class Command(NamedTuple):
+    """Any other command line; ``verb`` is lower-cased, arguments stay as sent."""
+
+    verb: bytes
+    args: tuple[bytes, ...]
+    noreply: bool
+
+
+class Invalid(NamedTuple):
+    """A request that failed to parse: send ``reply`` (unless noreply), close if asked."""
+
+    reply: bytes
+    close: bool
+    noreply: bool
+
+
+Request = Store | Retrieve | Command | Invalid
+
+
+class GetOptions(NamedTuple):
+    """The options after a queue name in a get key (``work/t=500/close/open``)."""
+
+    queue: str
+    wait_ms: int | None
+    open: bool
+    close: bool
+    abort: bool
+    peek: bool
+
+
+class MemcacheParser:
+    """Framing state of one connection.
+
+    ``feed`` returns every request completed by the new bytes. After an ``Invalid`` with
+    ``close`` the parser stops: the connection is beyond repair and will be closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_line_length: int = 2048,
+        item_size_max: int = 16 * 1024 * 1024,
+        honor_noreply: bool = True,
+        bare_errors: bool = False,
+    ) -> None:
+        self._max_line = max_line_length
+        self._item_size_max = item_size_max
+        self._honor_noreply = honor_noreply
+        self._bare_errors = bare_errors
+        self._buffer = b""
+        self._chunks: list[bytes] = []
+        self._chunk_bytes = 0
+        self._pending_set: tuple[bytes, list[bytes], int] | None = None  # verb, tokens, size
+        self.closed = False
+        self.bytes_read = 0
+
+    def feed(self, data: bytes) -> list[Request]:
+        """Parse all complete requests; keep the incomplete tail for the next call."""
+        if self.closed:
+            return []
+        self.bytes_read += len(data)
+        requests: list[Request] = []
+        if self._pending_set is not None:
+            self._chunks.append(data)
+            self._chunk_bytes += len(data)
+            if self._chunk_bytes < self._pending_set[2] + 2:
+                return requests
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._chunk_bytes = 0
+            pos = self._finish_store(data, 0, requests)
+            if self.closed:
+                return requests
+        else:
+            if self._buffer:
+                data = self._buffer + data
+                self._buffer = b""
+            pos = 0
+        self._parse_lines(data, pos, requests)
+        return requests
+
+    def _parse_lines(self, data: bytes, pos: int, requests: list[Request]) -> None:
+        size = len(data)
+        while pos < size:
+            eol = data.find(b"\n", pos)
+            if eol < 0 or eol - pos > self._max_line:
+                if size - pos > self._max_line:
+                    self._fail(requests, b"CLIENT_ERROR line too long", close=True)
+                else:
+                    self._buffer = data[pos:]
+                return
+            end = eol - 1 if eol > pos and data[eol - 1] == 13 else eol
+            line = data[pos:end]
+            pos = eol + 1
+            tokens = line.split(b" ")
+            while len(tokens) > 1 and not tokens[-1]:
+                tokens.pop()  # trailing spaces are dropped, as Kestrel does
+            verb = tokens[0]
+            if verb == b"get" or verb == b"gets":
+                requests.append(self._retrieve(tokens, verb == b"gets"))
+            elif verb == b"set" or verb.lower() in _STORAGE_VERBS:
+                pos = self._start_store(verb.lower(), tokens, data, pos, requests)
+            else:
+                noreply = self._honor_noreply and tokens[-1] == b"noreply" and len(tokens) > 1
+                args = tuple(tokens[1:-1] if noreply else tokens[1:])
+                requests.append(Command(verb.lower(), args, noreply))
+            if self.closed:
+                return
+
+    def _retrieve(self, tokens: list[bytes], with_cas: bool) -> Request:
+        if len(tokens) < 2:
+            return self._invalid(b"CLIENT_ERROR missing key", close=False)
+        key = tokens[1]
+        reason = key_problem(key)
+        if reason is not None:
+            return self._invalid(b"CLIENT_ERROR " + reason, close=not key)
+        return Retrieve(key, with_cas)
+
+    def _start_store(
+        self, verb: bytes, tokens: list[bytes], data: bytes, pos: int, requests: list[Request]
+    ) -> int:
+        """Read a storage command's header; consume its data block if it is all here.
+
+        Returns where parsing continues: after the data block, or the end of ``data`` when
+        the block is still arriving (it is then collected in ``_chunks``).
+        """
+        if len(tokens) < 5 or not tokens[4].isdigit():
+            self._fail(requests, b"CLIENT_ERROR bad command line format", close=True)
+            return pos
+        size = int(tokens[4])
+        if size > self._item_size_max:
+            self._fail(requests, b"SERVER_ERROR object too large", close=True)
+            return pos
+        self._pending_set = (verb, tokens, size)
+        if len(data) - pos < size + 2:
+            self._chunks = [data[pos:]]
+            self._chunk_bytes = len(data) - pos
+            return len(data)
+        return self._finish_store(data, pos, requests)
+
+    def _finish_store(self, data: bytes, pos: int, requests: list[Request]) -> int:
+        """Take the data block at ``pos``; returns the position after its trailer."""
+        assert self._pending_set is not None
+        verb, tokens, size = self._pending_set
+        self._pending_set = None
+        end = pos + size
+        if data[end : end + 2] != _CRLF:
+            self._fail(requests, b"CLIENT_ERROR bad data chunk", close=True)
+            return len(data)
+        noreply = self._honor_noreply and len(tokens) > 5 and tokens[5] == b"noreply"
+        requests.append(self._store_request(verb, tokens, data[pos:end], noreply))
+        return end + 2
+
+    def _store_request(
+        self, verb: bytes, tokens: list[bytes], block: bytes, noreply: bool
+    ) -> Request:
+        if verb != b"set":
+            return Invalid(self._error_line(ERROR[:-2]), False, noreply)
+        key, raw_flags, raw_exptime = tokens[1], tokens[2], tokens[3]
+        reason = key_problem(key)
+        if reason is not None:
+            return Invalid(self._error_line(b"CLIENT_ERROR " + reason), False, noreply)
+        flags = 0 if raw_flags == b"0" else _parse_int(raw_flags)
+        if flags is None or not 0 <= flags <= _MAX_FLAGS:
+            return Invalid(self._error_line(b"CLIENT_ERROR bad flags"), False, noreply)
+        exptime = 0 if raw_exptime == b"0" else _parse_int(raw_exptime)
+        if exptime is None:
+            return Invalid(self._error_line(b"CLIENT_ERROR bad exptime"), False, noreply)
+        return Store(key, flags, exptime, block, noreply)
+
+    def _invalid(self, reply: bytes, *, close: bool) -> Invalid:
+        if close:
+            self.closed = True
+        return Invalid(self._error_line(reply), close, False)
+
+    def _fail(self, requests: list[Request], reply: bytes, *, close: bool) -> None:
+        requests.append(self._invalid(reply, close=close))
+
+    def _error_line(self, reply: bytes) -> bytes:
+        if self._bare_errors:
+            reply = reply.split(b" ", 1)[0]
+        return reply + _CRLF
+
+
+def key_problem(key: bytes) -> bytes | None:
+    """Why a key cannot name a queue, or None. Clients cap keys at 250 bytes too."""
+    if not key:
+        return b"empty key"
+    if len(key) > MAX_KEY_LENGTH:
+        return b"key too long"
+    if _BAD_KEY_BYTE.search(key):
+        return b"bad key: control character or space"
+    return None
+
+
+def parse_get_key(key: bytes) -> GetOptions:
+    """Split ``queue/opt/opt`` (any order, repeats allowed, unknown options ignored).
+
+    Raises ProtocolError(close=True) for the combinations Kestrel rejects, which it
+    answers by dropping the connection.
+    """
+    name, *options = key.split(b"/")
+    if not name:
+        raise ProtocolError(b"CLIENT_ERROR empty queue name\r\n", close=True)
+    wait_ms: int | None = None
+    is_open = is_close = is_abort = is_peek = False
+    for option in options:
+        if option == b"open":
+            is_open = True
+        elif option == b"close":
+            is_close = True
+        elif option == b"abort":
+            is_abort = True
+        elif option == b"peek":
+            is_peek = True
+        elif option.startswith(b"t="):
+            wait_ms = _parse_wait(option[2:])
+    if is_peek and (is_open or is_close or is_abort):
+        raise ProtocolError(
+            b"CLIENT_ERROR bad get options: peek with open/close/abort\r\n", close=True
+        )
+    if is_abort and (is_open or is_close):
+        raise ProtocolError(b"CLIENT_ERROR bad get options: abort with open/close\r\n", close=True)
+    return GetOptions(name.decode("latin-1"), wait_ms, is_open, is_close, is_abort, is_peek)
+
+
+def _parse_wait(raw: bytes) -> int | None:
+    value = _parse_int(raw)
+    if value is None or value > MAX_WAIT_MS:
+        return None  # Kestrel drops a bad timeout and reads without waiting
+    return value if value > 0 else None
+
+
+def _parse_int(raw: bytes) -> int | None:
+    return int(raw) if _INT.match(raw) else None
+
+
+def value_reply(key: bytes, flags: int, data: bytes, cas: int | None) -> bytes:
+    """One ``VALUE`` block plus ``END``: the whole reply to a get that found an item."""
+    if cas is None:
+        return b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (key, flags, len(data), data)
+    return b"VALUE %b %d %d %d\r\n%b\r\nEND\r\n" % (key, flags, len(data), cas, data)
+
+
+def stat_lines(stats: list[tuple[str, object]]) -> bytes:
+    """``STAT name value`` lines and the closing ``END``."""
+    body = "".join(f"STAT {name} {value}\r\n" for name, value in stats)
+    return body.encode("latin-1") + END
