@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,8 +101,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{err.socketError}"
         ) from err
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.callWhenRunning(_stop_on_signals, reactor)
     reactor.run()
     return 0
+
+
+def _stop_on_signals(reactor: Any) -> None:
+    """SIGINT and SIGTERM stop the server cleanly.
+
+    Installed explicitly: a shell starts background jobs with SIGINT ignored, and
+    Twisted then leaves it ignored.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        reactor.callFromThread(_stop_once, reactor)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _stop_once(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()
 
 
 def _check_data_dir(path: Path) -> None:

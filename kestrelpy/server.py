@@ -67,6 +67,10 @@ class MemcacheConnection(TwistedProtocol):
         self._gone = False
 
     def connectionMade(self) -> None:
+        # Replies are small and each is one write: Nagle would hold them for an ACK.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)  # absent on test doubles
+        if set_no_delay is not None:
+            set_no_delay(True)
         stats = self._ctx.stats
         stats.curr_connections += 1
         stats.total_connections += 1

@@ -120,6 +120,8 @@ class Queue:
         item = Item(item_id, flags, expiry_ms, now_ms, data)
         self.total_items += 1
         if self._waiters and self._hand_to_waiter(item, now_ms):
+            if self._disk_from == item_id:
+                self._disk_from = item_id + 1  # it never waited, so it must not be read back
             return True
         self.items += 1
         self.bytes += size

@@ -21,11 +21,11 @@ Every batch's listeners are told, in commit order, whether it reached the store.
 from __future__ import annotations
 
 import errno
+import os
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Literal, NamedTuple
@@ -46,7 +46,9 @@ _U32 = struct.Struct(">I")
 _NEXT_QID_KEY = b"next_qid"
 _COUNTER_PREFIX = b"c"
 _RECORD_PREFIX = b"r"
-_INITIAL_MAP_SIZE = 256 * 1024 * 1024
+_INITIAL_MAP_SIZE = 16 * 1024 * 1024
+_MAX_MAP_STEP = 1024 * 1024 * 1024  # grow by doubling, but by at most 1 GiB at a time
+_LAZY_COMMIT_S = 0.02  # removals alone wait this long for a write to ride along with
 _MAX_ID = 2**64 - 1
 
 
@@ -76,19 +78,34 @@ CommitListener = Callable[[bool], None]
 RollbackHandler = Callable[[list[tuple[int, int, int]]], None]  # (queue id, item id, size)
 
 
-@dataclass
 class _Batch:
-    """Writes that will commit in one transaction, and who waits for that commit."""
+    """Writes that will commit in one transaction, and who waits for that commit.
 
-    ticket: int
-    puts: dict[bytes, bytes] = field(default_factory=dict)
-    deletes: dict[bytes, int] = field(default_factory=dict)  # key -> payload size
-    truncations: dict[int, int] = field(default_factory=dict)  # queue id -> delete ids below
-    dropped_queues: dict[bytes, int] = field(default_factory=dict)  # name -> queue id
-    new_queues: dict[bytes, bytes] = field(default_factory=dict)  # name -> record
-    records: dict[bytes, bytes | None] = field(default_factory=dict)
-    next_qid: int | None = None
-    listeners: list[CommitListener] = field(default_factory=list)
+    A plain slotted class: one is made per commit, on the hot path.
+    """
+
+    __slots__ = (
+        "deletes",
+        "dropped_queues",
+        "listeners",
+        "new_queues",
+        "next_qid",
+        "puts",
+        "records",
+        "ticket",
+        "truncations",
+    )
+
+    def __init__(self, ticket: int) -> None:
+        self.ticket = ticket
+        self.puts: dict[bytes, bytes] = {}
+        self.deletes: dict[bytes, int] = {}  # key -> payload size
+        self.truncations: dict[int, int] = {}  # queue id -> delete ids below this
+        self.dropped_queues: dict[bytes, int] = {}  # name -> queue id
+        self.new_queues: dict[bytes, bytes] = {}  # name -> record
+        self.records: dict[bytes, bytes | None] = {}
+        self.next_qid: int | None = None
+        self.listeners: list[CommitListener] = []
 
     def is_empty(self) -> bool:
         return not (
@@ -148,6 +165,7 @@ class LmdbStore:
         self._reactor: Any = reactor  # IReactorTime + IReactorThreads
         self._sync = sync
         self._sync_interval_s = max(sync_interval_ms, 1) / 1000.0
+        self._path = path
         self._env = _open_env(path, sync=(sync == "always"))
         self._items_db = self._env.open_db(b"items")
         self._queues_db = self._env.open_db(b"queues")
@@ -158,6 +176,7 @@ class LmdbStore:
         self._pending = _Batch(ticket=0)
         self._in_flight: _Batch | None = None
         self._commit_scheduled = False
+        self._lazy_commit: Any = None  # IDelayedCall for a removals-only commit
         self._rollback: RollbackHandler | None = None
         self._closed = False
         self._dirty_since_sync = threading.Event()
@@ -224,8 +243,10 @@ class LmdbStore:
         batch = self._pending
         if batch.puts.pop(key, None) is None:
             batch.deletes[key] = payload_size
-            if not self._commit_scheduled:
-                self._schedule_commit()
+            if self._lazy_commit is None and not self._commit_scheduled:
+                # Nobody waits for a removal: let it ride the next write's commit, or
+                # commit it alone shortly. A crash before then redelivers, never loses.
+                self._lazy_commit = self._reactor.callLater(_LAZY_COMMIT_S, self._lazy_turn)
 
     def truncate(self, queue_id: int, below_id: int) -> None:
         """Remove every item of a queue with an id below ``below_id`` (``flush``)."""
@@ -342,6 +363,10 @@ class LmdbStore:
         self._commit_scheduled = True
         self._reactor.callLater(0, self._commit_turn)
 
+    def _lazy_turn(self) -> None:
+        self._lazy_commit = None
+        self._schedule_commit()
+
     def _commit_turn(self) -> None:
         """End of a reactor turn: commit what this turn staged (or hand it to the writer)."""
         self._commit_scheduled = False
@@ -413,7 +438,10 @@ class LmdbStore:
                 with self._env.begin(write=True) as txn:
                     self._apply(txn, batch)
             except lmdb.MapFullError:
-                self._grow_map()
+                try:
+                    self._grow_map()
+                except OSError as err:
+                    return StoreFullError(f"cannot grow the store: {err.strerror}")
                 continue
             except lmdb.Error as err:
                 return _store_error(err)
@@ -423,27 +451,34 @@ class LmdbStore:
         return StoreFullError("store map cannot grow further")
 
     def _grow_map(self) -> None:
+        """Double the map (at most +1 GiB), reserving the disk blocks first.
+
+        The map is written through memory (writemap): a page without a disk block behind
+        it would kill the process with SIGBUS when the disk is full, so blocks are
+        reserved with fallocate, and a full disk surfaces here as StoreFullError instead.
+        """
         with self._env_lock:
-            self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            size = self._env.info()["map_size"]
+            new_size = size + min(size, _MAX_MAP_STEP)
+            _reserve(self._path, new_size)
+            self._env.set_mapsize(new_size)
 
     def _apply(self, txn: Any, batch: _Batch) -> None:
         deltas: dict[int, list[int]] = {}
-        items, queues, meta = self._items_db, self._queues_db, self._meta_db
-        for name, qid in batch.dropped_queues.items():
-            txn.delete(name, db=queues)
-            txn.delete(_COUNTER_PREFIX + _U32.pack(qid), db=meta)
-            _delete_range(txn, items, qid, _MAX_ID)
-        for name, record in batch.new_queues.items():
-            txn.put(name, record, db=queues)
-        if batch.next_qid is not None:
-            txn.put(_NEXT_QID_KEY, _U32.pack(batch.next_qid), db=meta)
-        dropped_ids = set(batch.dropped_queues.values())
+        items, meta = self._items_db, self._meta_db
+        dropped_ids: set[int] = set()
+        if batch.dropped_queues or batch.new_queues or batch.next_qid is not None:
+            dropped_ids = self._apply_registry(txn, batch)
+        unpack_qid = _U32.unpack_from
+        put = txn.put
         for key, value in batch.puts.items():
-            qid = _U32.unpack_from(key)[0]
+            qid = unpack_qid(key)[0]
             if qid in dropped_ids:
                 continue
-            if txn.put(key, value, db=items):
-                delta = deltas.setdefault(qid, [0, 0])
+            if put(key, value, db=items):
+                delta = deltas.get(qid)
+                if delta is None:
+                    delta = deltas[qid] = [0, 0]
                 delta[0] += 1
                 delta[1] += len(value) - _HEADER_SIZE
         for key, size in batch.deletes.items():
@@ -468,6 +503,19 @@ class LmdbStore:
                 txn.delete(_RECORD_PREFIX + name, db=meta)
             else:
                 txn.put(_RECORD_PREFIX + name, record, db=meta)
+
+    def _apply_registry(self, txn: Any, batch: _Batch) -> set[int]:
+        """Queue deletions and creations; returns the ids of queues deleted."""
+        queues, meta = self._queues_db, self._meta_db
+        for name, qid in batch.dropped_queues.items():
+            txn.delete(name, db=queues)
+            txn.delete(_COUNTER_PREFIX + _U32.pack(qid), db=meta)
+            _delete_range(txn, self._items_db, qid, _MAX_ID)
+        for name, record in batch.new_queues.items():
+            txn.put(name, record, db=queues)
+        if batch.next_qid is not None:
+            txn.put(_NEXT_QID_KEY, _U32.pack(batch.next_qid), db=meta)
+        return set(batch.dropped_queues.values())
 
     def _read_next_qid(self) -> int:
         with self._env.begin() as txn:
@@ -540,19 +588,39 @@ class _PeriodicSyncer:
 
 
 def _open_env(path: Path, *, sync: bool) -> Any:
+    """Open with writemap: a commit then costs ~3 us instead of ~13 us (no pwrite calls).
+
+    Under writemap ``sync`` makes each commit msync its pages, so durability holds.
+    """
     path.mkdir(parents=True, exist_ok=True)
+    data_file = path / "data.mdb"
+    map_size = max(_INITIAL_MAP_SIZE, data_file.stat().st_size if data_file.exists() else 0)
     try:
-        return lmdb.open(
+        env = lmdb.open(
             str(path),
-            map_size=_INITIAL_MAP_SIZE,
+            map_size=map_size,
             max_dbs=4,
             sync=sync,
             metasync=sync,
+            writemap=True,
             readahead=False,
             map_async=False,
         )
+        _reserve(path, map_size)
+        return env
     except lmdb.Error as err:
         raise StoreError(f"cannot open store in {path}: {err}") from err
+    except OSError as err:
+        raise StoreFullError(f"cannot reserve {map_size} bytes in {path}: {err.strerror}") from err
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate disk blocks for the first ``size`` bytes of the data file."""
+    fd = os.open(path / "data.mdb", os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def _decode(key: bytes, value: Any) -> StoredItem:

@@ -17,7 +17,7 @@ from kestrelpy.errors import KestrelpyError
 
 MAX_KEY_LENGTH = 250
 MAX_WAIT_MS = 2**31 - 1
-_MAX_FLAGS = 2**32 - 1
+_MAX_FLAGS = 2**31 - 1  # Kestrel reads flags as a signed 32-bit int
 _CRLF = b"\r\n"
 _STORAGE_VERBS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
@@ -154,14 +154,16 @@ class MemcacheParser:
             while len(tokens) > 1 and not tokens[-1]:
                 tokens.pop()  # trailing spaces are dropped, as Kestrel does
             verb = tokens[0]
+            if verb != b"get" and verb != b"set":
+                verb = verb.lower()  # commands are case-insensitive; names are not
             if verb == b"get" or verb == b"gets":
                 requests.append(self._retrieve(tokens, verb == b"gets"))
-            elif verb == b"set" or verb.lower() in _STORAGE_VERBS:
-                pos = self._start_store(verb.lower(), tokens, data, pos, requests)
+            elif verb in _STORAGE_VERBS:
+                pos = self._start_store(verb, tokens, data, pos, requests)
             else:
                 noreply = self._honor_noreply and tokens[-1] == b"noreply" and len(tokens) > 1
                 args = tuple(tokens[1:-1] if noreply else tokens[1:])
-                requests.append(Command(verb.lower(), args, noreply))
+                requests.append(Command(verb, args, noreply))
             if self.closed:
                 return
 
@@ -222,8 +224,10 @@ class MemcacheParser:
         if flags is None or not 0 <= flags <= _MAX_FLAGS:
             return Invalid(self._error_line(b"CLIENT_ERROR bad flags"), False, noreply)
         exptime = 0 if raw_exptime == b"0" else _parse_int(raw_exptime)
-        if exptime is None:
-            return Invalid(self._error_line(b"CLIENT_ERROR bad exptime"), False, noreply)
+        if exptime is None or not -(2**31) <= exptime < 2**31:
+            # Kestrel drops the connection here; we say why first.
+            self.closed = True
+            return Invalid(self._error_line(b"CLIENT_ERROR bad exptime"), True, False)
         return Store(key, flags, exptime, block, noreply)
 
     def _invalid(self, reply: bytes, *, close: bool) -> Invalid:

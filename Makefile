@@ -1,0 +1,44 @@
+# kestrelpy: `make serve` runs the server, `make test` runs the whole suite.
+# Both create .venv on first use; `make test` also installs the Debian packages the
+# compatibility tests drive (PHP with its memcached extension, memcached itself).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint typecheck bench system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+serve: $(VENV)/.installed
+	$(BIN)/kestrelpy serve --config server.conf
+
+system-deps:
+	@.ci/system-deps
+
+test: $(VENV)/.installed-test system-deps
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check kestrelpy tests loadtest
+	$(BIN)/ruff format --check kestrelpy tests loadtest
+	$(BIN)/mypy kestrelpy
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy kestrelpy
+
+bench: $(VENV)/.installed-test system-deps
+	$(BIN)/python -m loadtest.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

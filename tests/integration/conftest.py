@@ -1,0 +1,514 @@
+"""Harness for integration tests: the real ``kestrelpy serve`` process, real sockets.
+
+Every test here talks to a server subprocess on 127.0.0.1 over TCP, the way users do. The
+harness never sleeps to synchronise: it waits on events (the "listening on" log line, process
+exit, socket reads), and every wait has a deadline. When something times out or a reply is
+wrong, the assertion message carries the server's stderr, and a failed test gets the stderr of
+every server it used as an extra report section.
+
+Fixtures:
+
+- ``server``: a fresh server on a fresh data dir, for tests that kill, restart or flush.
+- ``shared_server``: one server per module for tests that only touch their own queue
+  (``qname`` gives each test a unique queue name).
+- ``server_factory``: start servers with config text, on a chosen data dir; all are stopped
+  (SIGTERM, exit code 0 asserted) at teardown.
+- ``kestrelpy_argv``: the command prefix that runs the CLI, for one-shot CLI tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 20.0  # a cold start imports Twisted and opens LMDB; generous on 2 cores
+STOP_TIMEOUT_S = 15.0
+IO_TIMEOUT_S = 5.0
+
+# The memcache listener announces itself with this (see the task contract). Other listeners
+# (e.g. the HTTP metrics one) may log a similar line; they name themselves, so skip those.
+_LISTENING_RE = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+_OTHER_LISTENER_RE = re.compile(rb"(?i)\b(http|metrics|admin|dashboard)\b")
+
+
+def kestrelpy_command(*, use_module: bool = False) -> list[str]:
+    """The argv prefix that runs the installed CLI (console script, or ``python -m``)."""
+    script = Path(sys.executable).with_name("kestrelpy")
+    if use_module or not script.exists():
+        return [sys.executable, "-m", "kestrelpy"]
+    return [str(script)]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # log lines reach the pipe as they are written
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+class ServerProcess:
+    """One ``kestrelpy serve`` subprocess bound to 127.0.0.1 with ``--port 0``.
+
+    ``start()`` may be called again after ``stop()`` or ``kill9()``: the new process uses the
+    same data dir and config (and gets a new port). stderr and stdout are drained by threads
+    for the whole life of each process, so a chatty server never blocks on a full pipe.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config_text: str | None = None,
+        *,
+        config_path: Path | None = None,
+        use_module: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = HOST
+        self.port: int | None = None
+        self.config_path: Path | None = None
+        if config_text is not None:
+            self.config_path = config_path or self.data_dir.parent / (
+                self.data_dir.name + "-server.conf"
+            )
+            self.config_path.write_text(config_text)
+        self._use_module = use_module
+        self._extra_args = extra_args
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stderr: list[bytes] = []
+        self._stdout: list[bytes] = []
+        self._threads: list[threading.Thread] = []
+        self._ready = threading.Event()
+        self.starts = 0
+
+    # -- process control -------------------------------------------------------------------
+
+    @property
+    def argv(self) -> list[str]:
+        argv = [
+            *kestrelpy_command(use_module=self._use_module),
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        return argv + list(self._extra_args)
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "server not started"
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
+        assert not self.running, "server already running"
+        self.starts += 1
+        self.port = None
+        self._ready = threading.Event()
+        with self._lock:
+            marker = f"---- start #{self.starts}: {' '.join(self.argv)}\n".encode()
+            self._stderr.append(marker)
+        self._proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=subprocess_env(),
+            start_new_session=True,  # a stray Ctrl-C in the terminal does not hit it
+        )
+        assert self._proc.stderr is not None and self._proc.stdout is not None
+        self._threads = [
+            threading.Thread(target=self._drain_stderr, args=(self._proc.stderr,), daemon=True),
+            threading.Thread(target=self._drain_stdout, args=(self._proc.stdout,), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        if not self._ready.wait(timeout):
+            self._kill_quietly()
+            raise AssertionError(
+                f"server did not log 'listening on {HOST}:PORT' within {timeout}s\n{self.log()}"
+            )
+        if self.port is None:  # the ready event also fires on EOF (process died)
+            self._reap(timeout=STOP_TIMEOUT_S)
+            raise AssertionError(
+                f"server exited with {self.returncode} before listening\n{self.log()}"
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Send ``sig``, wait for exit, assert a clean exit code 0. Returns the code."""
+        assert self._proc is not None, "server not started"
+        if self._proc.poll() is None:
+            self._proc.send_signal(sig)
+        try:
+            code = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_quietly()
+            raise AssertionError(
+                f"server did not exit within {timeout}s of signal {sig}\n{self.log()}"
+            ) from None
+        self._join_drains()
+        assert code == 0, f"server exited with {code} after signal {sig}, expected 0\n{self.log()}"
+        return code
+
+    def kill9(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGKILL: no shutdown code runs, like a power cut for the process."""
+        assert self._proc is not None, "server not started"
+        self._proc.kill()
+        self._reap(timeout)
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()
+
+    def _reap(self, timeout: float) -> None:
+        assert self._proc is not None
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"server did not die within {timeout}s\n{self.log()}") from None
+        self._join_drains()
+
+    def _kill_quietly(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(STOP_TIMEOUT_S)
+        self._join_drains()
+
+    def _join_drains(self) -> None:
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT_S)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _drain_stderr(self, pipe: object) -> None:
+        for line in iter(pipe.readline, b""):  # type: ignore[attr-defined]
+            with self._lock:
+                self._stderr.append(line)
+            if self.port is None:
+                match = _LISTENING_RE.search(line)
+                if match and not _OTHER_LISTENER_RE.search(line):
+                    self.port = int(match.group(1))
+                    self._ready.set()
+        self._ready.set()  # EOF: the process is gone; start() notices port is None
+
+    def _drain_stdout(self, pipe: object) -> None:
+        for line in iter(pipe.readline, b""):  # type: ignore[attr-defined]
+            with self._lock:
+                self._stdout.append(line)
+
+    def stderr_text(self) -> str:
+        with self._lock:
+            return b"".join(self._stderr).decode("utf-8", "replace")
+
+    def log(self, last_lines: int = 80) -> str:
+        """The tail of stderr (and stdout, if any) for assertion messages."""
+        with self._lock:
+            err = b"".join(self._stderr).decode("utf-8", "replace").splitlines()
+            out = b"".join(self._stdout).decode("utf-8", "replace").splitlines()
+        text = "---- kestrelpy stderr (tail) ----\n" + "\n".join(err[-last_lines:])
+        if out:
+            text += "\n---- kestrelpy stdout (tail) ----\n" + "\n".join(out[-last_lines:])
+        return text
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def connect(self, timeout: float = IO_TIMEOUT_S) -> Conn:
+        assert self.port is not None, "server not listening"
+        return Conn(self, timeout)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Value:
+    """One parsed ``VALUE <key> <flags> <n> [<cas>]`` block."""
+
+    key: bytes
+    flags: int
+    data: bytes
+    cas: bytes | None
+
+
+class Conn:
+    """A raw memcache-text connection with exact-byte reads and deadlines on every read."""
+
+    def __init__(self, server: ServerProcess, timeout: float = IO_TIMEOUT_S) -> None:
+        self.server = server
+        self.timeout = timeout
+        assert server.port is not None
+        self.sock = socket.create_connection((server.host, server.port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+
+    def __enter__(self) -> Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fail(self, what: str) -> AssertionError:
+        return AssertionError(
+            f"{what}; unread bytes so far: {bytes(self.buf)!r}\n{self.server.log()}"
+        )
+
+    def _fill(self, deadline: float) -> bool:
+        """Read more bytes into the buffer; False on EOF. Raises on timeout."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._fail("timed out waiting for the server")
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            raise self._fail("timed out waiting for the server") from None
+        except ConnectionResetError:
+            return False
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
+
+    def read_line(self, timeout: float | None = None) -> bytes:
+        """One reply line including its ``\\r\\n``."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while (end := self.buf.find(b"\r\n")) < 0:
+            if not self._fill(deadline):
+                raise self._fail("connection closed before a full reply line")
+        line = bytes(self.buf[: end + 2])
+        del self.buf[: end + 2]
+        return line
+
+    def read_exact(self, n: int, timeout: float | None = None) -> bytes:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while len(self.buf) < n:
+            if not self._fill(deadline):
+                raise self._fail(f"connection closed before {n} bytes arrived")
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def expect(self, expected: bytes, timeout: float | None = None) -> None:
+        """Assert the next bytes from the server are exactly ``expected``."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while len(self.buf) < len(expected):
+            if bytes(self.buf) != expected[: len(self.buf)]:
+                break  # already wrong: fail now with what we have
+            try:
+                if not self._fill(deadline):
+                    break
+            except AssertionError:  # timeout: report as a byte mismatch below
+                break
+        got = bytes(self.buf[: len(expected)])
+        assert got == expected, (
+            f"expected {expected!r}\n     got {got!r}\n{self.server.log(last_lines=30)}"
+        )
+        del self.buf[: len(expected)]
+
+    def expect_closed(self, timeout: float | None = None) -> None:
+        """Assert the server closes the connection, sending nothing more."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            try:
+                more = self._fill(deadline)
+            except AssertionError:
+                raise self._fail("server kept the connection open; expected it to close") from None
+            if not more:
+                break
+        assert not self.buf, f"unexpected bytes before close: {bytes(self.buf)!r}"
+
+    def request(self, line: bytes, timeout: float | None = None) -> bytes:
+        """Send one command line, return the first reply line."""
+        self.send(line + b"\r\n")
+        return self.read_line(timeout)
+
+    # -- typed helpers ---------------------------------------------------------------------
+
+    def set(self, key: str | bytes, data: bytes, flags: int = 0) -> bytes:
+        k = key.encode() if isinstance(key, str) else key
+        self.send(b"set %s %d 0 %d\r\n%s\r\n" % (k, flags, len(data), data))
+        return self.read_line()
+
+    def read_get_reply(self, timeout: float | None = None) -> list[Value]:
+        """Parse a full ``get``/``gets`` reply: zero or more VALUE blocks, then ``END``."""
+        values = []
+        while True:
+            line = self.read_line(timeout)
+            if line == b"END\r\n":
+                return values
+            parts = line.split()
+            if not parts or parts[0] != b"VALUE" or len(parts) not in (4, 5):
+                raise self._fail(f"expected VALUE or END, got {line!r}")
+            size = int(parts[3])
+            block = self.read_exact(size + 2, timeout)
+            assert block.endswith(b"\r\n"), f"data block without CRLF: {block!r}"
+            cas = parts[4] if len(parts) == 5 else None
+            values.append(Value(parts[1], int(parts[2]), block[:-2], cas))
+
+    def get(self, key: str | bytes, timeout: float | None = None) -> bytes | None:
+        """``get key`` → the body, or None on ``END``. Asserts at most one VALUE."""
+        k = key.encode() if isinstance(key, str) else key
+        self.send(b"get " + k + b"\r\n")
+        values = self.read_get_reply(timeout)
+        assert len(values) <= 1, f"one key, several values: {values}"
+        return values[0].data if values else None
+
+    def stats(self) -> dict[str, str]:
+        self.send(b"stats\r\n")
+        result = {}
+        while (line := self.read_line()) != b"END\r\n":
+            parts = line.decode().split(" ", 2)
+            assert parts[0] == "STAT", f"bad stats line {line!r}"
+            result[parts[1]] = parts[2].rstrip("\r\n")
+        return result
+
+
+def is_our_version(token: bytes | str) -> bool:
+    """The version the server reports: ``0.1.0``, or prefixed like ``kestrelpy-0.1.0``.
+
+    PROTOCOL.md says ``VERSION <ver>`` without fixing the format, so a product prefix is
+    accepted; the number must be the installed package's.
+    """
+    from kestrelpy import __version__
+
+    text = token.decode() if isinstance(token, bytes) else token
+    return " " not in text and (text == __version__ or text.endswith("-" + __version__))
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, server: ServerProcess
+) -> None:
+    """Poll with a deadline. Only for state with no event to wait on (e.g. server stats)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{server.log()}")
+        time.sleep(0.01)
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+class ServerFactory:
+    """Creates servers; stops every one still running at teardown (asserting exit 0)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.servers: list[ServerProcess] = []
+
+    def __call__(
+        self,
+        config: str | None = None,
+        *,
+        data_dir: Path | None = None,
+        start: bool = True,
+        use_module: bool = False,
+    ) -> ServerProcess:
+        if data_dir is None:
+            data_dir = self.base / f"data{len(self.servers)}"
+        srv = ServerProcess(data_dir, config, use_module=use_module)
+        self.servers.append(srv)
+        if start:
+            srv.start()
+        return srv
+
+    def close(self) -> None:
+        errors = []
+        for srv in self.servers:
+            if srv.running:
+                try:
+                    srv.stop()
+                except AssertionError as err:
+                    errors.append(str(err))
+        if errors:
+            raise AssertionError("server(s) failed to stop cleanly:\n" + "\n".join(errors))
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    factory = ServerFactory(tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory) -> ServerProcess:
+    """A fresh server on an empty data dir, default config."""
+    return server_factory()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per test module; tests must use their own queue (see ``qname``)."""
+    factory = ServerFactory(tmp_path_factory.mktemp("shared"))
+    yield factory()
+    factory.close()
+
+
+@pytest.fixture
+def qname() -> str:
+    """A queue name no other test uses."""
+    return "q" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def kestrelpy_argv() -> list[str]:
+    return kestrelpy_command()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Attach the stderr of every server a failed test used to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    servers: list[ServerProcess] = []
+    for value in funcargs.values():
+        if isinstance(value, ServerProcess):
+            servers.append(value)
+        elif isinstance(value, ServerFactory):
+            servers.extend(value.servers)
+    seen: set[int] = set()
+    for srv in servers:
+        if id(srv) in seen:
+            continue
+        seen.add(id(srv))
+        report.sections.append((f"kestrelpy stderr ({srv.data_dir.name})", srv.stderr_text()))
