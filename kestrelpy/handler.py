@@ -103,6 +103,7 @@ class Session:
         self._wait_timer: Any = None  # IDelayedCall while blocked
         self._wait_key = b""
         self._wait_cas = False
+        self._monitor_left = 0  # items a blocked ``monitor`` may still open
         self.closed = False
 
     # ------------------------------------------------------------------------ dispatch
@@ -245,6 +246,10 @@ class Session:
             return
         queue.remove_waiter(waiter)
         self._end_wait()
+        if self._monitor_left:
+            self._monitor_left = 0
+            self._resume([END], DONE)  # the monitor batch ends; its items stay open
+            return
         self._stats.get_misses += 1
         queue.get_misses += 1
         self._resume([END], DONE)
@@ -253,6 +258,7 @@ class Session:
         """The queue this session waits on was deleted: the read ends empty."""
         if self._waiter is not None:
             self._end_wait()
+            self._monitor_left = 0
             self._resume([END], DONE)
 
     def _end_wait(self) -> None:
@@ -407,6 +413,85 @@ class Session:
         out.append("".join(line + "\r\n" for line in lines).encode("latin-1") + END)
         return DONE
 
+    def _cmd_monitor(self, request: Command, out: list[Any]) -> int:
+        """``monitor q secs [max]``: open up to ``max`` items within ``secs`` seconds.
+
+        Each item is sent as its own ``VALUE … END`` as soon as it is opened; a final
+        ``END`` closes the batch. The items stay open until ``confirm`` (or go back to
+        the queue when the connection ends). No pipelining while a monitor runs.
+        """
+        args = request.args
+        if len(args) < 2 or not args[1].isdigit() or (len(args) > 2 and not args[2].isdigit()):
+            out.append(self._error(b"CLIENT_ERROR usage: monitor <queue> <seconds> [max]"))
+            return CLOSE
+        name = args[0].decode("latin-1")
+        refusal = self._refused(writes=False)
+        if refusal is not None:
+            out.append(refusal)
+            return CLOSE
+        if name in self._collection.aliases:
+            out.append(END)
+            return DONE
+        queue = self._collection.get_or_create(name)
+        held = self._open.setdefault(name, deque())
+        limit = int(args[2]) if len(args) > 2 else self._settings.max_open_transactions
+        room = min(limit, self._settings.max_open_transactions - len(held))
+        now = now_ms()
+        while room > 0:
+            item = queue.open(now)
+            if item is None:
+                break
+            held.append(item)
+            out.append(self._monitor_value(queue, item))
+            room -= 1
+        seconds = int(args[1])
+        if room <= 0 or seconds <= 0:
+            out.append(END)
+            return DONE
+        self._monitor_left = room
+        self._waiting_queue = queue
+        self._waiter = queue.add_waiter(OPEN, self._monitor_delivered, self.queue_deleted)
+        self._wait_timer = self._ctx.clock.callLater(seconds, self._timed_out)
+        return BLOCKED
+
+    def _monitor_value(self, queue: Queue, item: Item) -> bytes:
+        self._stats.get_hits += 1
+        queue.get_hits += 1
+        flags = item.flags if self._settings.preserve_flags else 0
+        return value_reply(queue.name.encode("latin-1"), flags, item.data, None)
+
+    def _monitor_delivered(self, item: Item) -> None:
+        queue = self._waiting_queue
+        assert queue is not None
+        self._open.setdefault(queue.name, deque()).append(item)
+        reply = self._monitor_value(queue, item)
+        self._monitor_left -= 1
+        if self._monitor_left > 0:
+            self._waiter = queue.add_waiter(OPEN, self._monitor_delivered, self.queue_deleted)
+            self._resume([reply], BLOCKED)
+            return
+        self._end_wait()
+        self._resume([reply, END], DONE)
+
+    def _cmd_confirm(self, request: Command, out: list[Any]) -> int:
+        """``confirm q n``: close the ``n`` oldest open items; ERROR if fewer are open."""
+        args = request.args
+        if len(args) < 2:
+            out.append(self._error(b"CLIENT_ERROR usage: confirm <queue> <count>"))
+            return DONE
+        if not args[1].isdigit():
+            out.append(self._error(b"CLIENT_ERROR bad count"))
+            return CLOSE
+        name, count = args[0].decode("latin-1"), int(args[1])
+        held = self._open.get(name)
+        if count == 0 or not held or count > len(held):
+            out.append(self._error(b"ERROR"))
+            return DONE
+        for _ in range(count):
+            self._close_one(name)
+        out.append(END)
+        return DONE
+
     def _cmd_shutdown(self, request: Command, out: list[Any]) -> int:
         self._ctx.clock.callLater(0, self._ctx.shutdown)
         return CLOSE
@@ -445,6 +530,14 @@ class Session:
         status = self._ctx.status
         if status == "quiescent" or (writes and status == "readonly"):
             return self._error(b"SERVER_ERROR server is " + status.encode())
+        settings = self._settings
+        limit = (
+            settings.connection_limit_refuse_writes
+            if writes
+            else settings.connection_limit_refuse_reads
+        )
+        if limit and self._stats.curr_connections > limit:
+            return self._error(b"SERVER_ERROR too many connections")
         return None
 
     def _error(self, line: bytes) -> bytes:
@@ -534,4 +627,6 @@ _COMMANDS: dict[bytes, Callable[[Session, Command, list[Any]], int]] = {
     b"quit": Session._cmd_quit,
     b"reload": Session._cmd_reload,
     b"status": Session._cmd_status,
+    b"monitor": Session._cmd_monitor,
+    b"confirm": Session._cmd_confirm,
 }

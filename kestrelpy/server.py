@@ -160,9 +160,13 @@ class MemcacheConnection(TwistedProtocol):
         self.transport.write(data)
 
     def _resumed(self, replies: list[Any], code: int) -> None:
-        """A blocked read ended (item, timeout or queue deleted): continue the pipeline."""
-        self._blocked = False
+        """A blocked read sent something; ``code`` DONE means it ended (item, timeout or
+        queue deleted) and the pipeline continues, BLOCKED that it goes on (monitor)."""
         self._out.extend(replies)
+        if code == BLOCKED:
+            self._settle(False)
+            return
+        self._blocked = False
         if self._backlog:
             # Not from inside the put that woke us: run the rest on a fresh stack.
             self._ctx.clock.callLater(0, self._drain_backlog)
