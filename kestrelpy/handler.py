@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from twisted.logger import Logger
@@ -215,7 +216,7 @@ class Session:
         self._stats.get_hits += 1
         queue.get_hits += 1
         if mode == OPEN:
-            self._open.setdefault(queue.name, deque()).append(item)
+            self._hold(queue, item)
         settings = self._settings
         echo = key if settings.echo_requested_key else queue.name.encode("latin-1")
         flags = item.flags if settings.preserve_flags else 0
@@ -269,6 +270,25 @@ class Session:
         self._waiting_queue = None
 
     # ------------------------------------------------------------- open transactions
+
+    def _hold(self, queue: Queue, item: Item) -> None:
+        """This connection now holds ``item`` open (until close, abort or disconnect)."""
+        self._open.setdefault(queue.name, deque()).append(item)
+        if queue.config.open_transaction_timeout is not None:
+            queue.lease(item, now_ms(), partial(self._lease_expired, queue.name))
+
+    def _lease_expired(self, name: str, item_id: int) -> bool:
+        """open_transaction_timeout passed: give the item back if still held."""
+        held = self._open.get(name)
+        queue = self._collection.get(name)
+        if not held or queue is None:
+            return False
+        for item in held:
+            if item.item_id == item_id:
+                held.remove(item)
+                queue.abort_open(item, now_ms())
+                return True
+        return False
 
     def _close_one(self, name: str) -> None:
         held = self._open.get(name)
@@ -441,7 +461,7 @@ class Session:
             item = queue.open(now)
             if item is None:
                 break
-            held.append(item)
+            self._hold(queue, item)
             out.append(self._monitor_value(queue, item))
             room -= 1
         seconds = int(args[1])
@@ -463,7 +483,7 @@ class Session:
     def _monitor_delivered(self, item: Item) -> None:
         queue = self._waiting_queue
         assert queue is not None
-        self._open.setdefault(queue.name, deque()).append(item)
+        self._hold(queue, item)
         reply = self._monitor_value(queue, item)
         self._monitor_left -= 1
         if self._monitor_left > 0:
@@ -590,7 +610,7 @@ class Session:
             ("items", queue.items),
             ("bytes", queue.bytes),
             ("total_items", queue.total_items),
-            ("logsize", 0),
+            ("logsize", queue.bytes + queue.open_bytes),
             ("expired_items", queue.expired_items),
             ("mem_items", queue.mem_items),
             ("mem_bytes", queue.mem_bytes),

@@ -65,8 +65,26 @@ class MemcacheConnection(TwistedProtocol):
         self._paused = False
         self._closing = False
         self._gone = False
+        self._idle_timer: Any = None  # IDelayedCall when client_timeout is set
+
+    def _start_idle_timer(self) -> None:
+        timeout_ms = self._ctx.settings.client_timeout
+        if timeout_ms is not None:
+            self._idle_timer = self._ctx.clock.callLater(timeout_ms / 1000.0, self._idle)
+
+    def _idle(self) -> None:
+        """client_timeout: close a connection that sent nothing for that long.
+
+        A connection blocked in a read is waiting for us, not idle: it gets more time.
+        """
+        if self._blocked:
+            self._start_idle_timer()
+            return
+        self._idle_timer = None
+        self.transport.loseConnection()
 
     def connectionMade(self) -> None:
+        self._start_idle_timer()
         # Replies are small and each is one write: Nagle would hold them for an ACK.
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)  # absent on test doubles
         if set_no_delay is not None:
@@ -77,6 +95,8 @@ class MemcacheConnection(TwistedProtocol):
         self._ctx.sessions.add(self._session)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.reset(self._ctx.settings.client_timeout / 1000.0)  # type: ignore[operator]
         self._ctx.stats.bytes_read += len(data)
         requests = self._parser.feed(data)
         if self._blocked or self._backlog or self._closing:
@@ -90,6 +110,9 @@ class MemcacheConnection(TwistedProtocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
         self._ctx.stats.curr_connections -= 1
         self._ctx.sessions.discard(self._session)
         self._session.end()

@@ -101,7 +101,9 @@ class Queue:
         self.waiters = 0
         self.get_hits = 0
         self.get_misses = 0
+        self.open_bytes = 0
         self.deleted = False
+        self._leases: deque[tuple[int, int, Callable[[int], bool]]] = deque()
 
     # ------------------------------------------------------------------------ writes
 
@@ -116,7 +118,8 @@ class Queue:
             return False
         item_id = self._tail
         self._tail = item_id + 1
-        self._store.put(self.queue_id, item_id, flags, expiry_ms, now_ms, data)
+        if config.keep_journal:
+            self._store.put(self.queue_id, item_id, flags, expiry_ms, now_ms, data)
         item = Item(item_id, flags, expiry_ms, now_ms, data)
         self.total_items += 1
         if self._waiters and self._hand_to_waiter(item, now_ms):
@@ -133,7 +136,9 @@ class Queue:
         if self._disk_from == item.item_id:
             budget = self._budget
             size = len(item.data)
-            if len(self._cache) < self._read_ahead_items and budget.used + size <= budget.limit:
+            if (
+                len(self._cache) < self._read_ahead_items and budget.used + size <= budget.limit
+            ) or not self.config.keep_journal:  # a memory-only queue has no disk to spill to
                 self._cache.append(item)
                 self._cache_bytes += size
                 budget.used += size
@@ -164,12 +169,32 @@ class Queue:
 
     def open(self, now_ms: int) -> Item | None:
         """Remove the head tentatively: it stays stored until ``close_open``."""
+        if self._leases:
+            self.expire_leases(now_ms)
         item = self._pop_head(now_ms)
         if item is not None:
             self.open_transactions += 1
+            self.open_bytes += len(item.data)
             self.transactions += 1
             self.age_ms = max(now_ms - item.added_ms, 0)
         return item
+
+    def lease(self, item: Item, now_ms: int, expire: Callable[[int], bool]) -> None:
+        """Note an open item for ``open_transaction_timeout``.
+
+        ``expire(item_id)`` asks its holder to give it back; False if it no longer holds it.
+        """
+        timeout = self.config.open_transaction_timeout
+        if timeout is not None:
+            self._leases.append((now_ms + timeout, item.item_id, expire))
+
+    def expire_leases(self, now_ms: int) -> None:
+        """Kestrel 2.4.7: a transactional read first aborts the oldest expired open item."""
+        leases = self._leases
+        while leases and leases[0][0] <= now_ms:
+            _deadline, item_id, expire = leases.popleft()
+            if expire(item_id):
+                return
 
     def peek(self, now_ms: int) -> Item | None:
         return self._head(now_ms)
@@ -177,11 +202,13 @@ class Queue:
     def close_open(self, item: Item) -> None:
         """Confirm an open item: now it is gone for good."""
         self.open_transactions -= 1
-        self._store.delete(self.queue_id, item.item_id, len(item.data))
+        self.open_bytes -= len(item.data)
+        self._consume(item)
 
     def abort_open(self, item: Item, now_ms: int) -> None:
         """Return an open item to the head, ahead of everything waiting."""
         self.open_transactions -= 1
+        self.open_bytes -= len(item.data)
         self.canceled_transactions += 1
         if self.deleted:
             return
@@ -194,7 +221,8 @@ class Queue:
         self._budget.used += len(item.data)
 
     def _consume(self, item: Item) -> None:
-        self._store.delete(self.queue_id, item.item_id, len(item.data))
+        if self.config.keep_journal:
+            self._store.delete(self.queue_id, item.item_id, len(item.data))
 
     def _pop_head(self, now_ms: int) -> Item | None:
         item = self._head(now_ms)
@@ -309,6 +337,7 @@ class Queue:
                 continue
             if waiter.mode == OPEN:
                 self.open_transactions += 1
+                self.open_bytes += len(item.data)
                 self.transactions += 1
             else:
                 self._consume(item)
