@@ -86,6 +86,16 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _OpenReads:
+    """Items a connection holds open on one queue, oldest first, and that queue."""
+
+    __slots__ = ("items", "queue")
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.items: deque[Item] = deque()
+
+
 class Session:
     """One connection's view of the server. Reactor thread only."""
 
@@ -97,7 +107,7 @@ class Session:
         self._stats = ctx.stats
         self._settings = ctx.settings
         self._resume = resume
-        self._open: dict[str, deque[Item]] = {}
+        self._open: dict[str, _OpenReads] = {}
         self._key_cache: dict[bytes, GetOptions] = {}
         self._waiter: Waiter | None = None
         self._waiting_queue: Queue | None = None
@@ -185,7 +195,7 @@ class Session:
 
     def _fetch(self, request: Retrieve, options: GetOptions, out: list[Any]) -> int:
         queue = self._collection.get_or_create(options.queue)
-        held = self._open.get(options.queue)
+        held = self._held(options.queue)
         now = now_ms()
         if options.peek:
             item, mode = queue.peek(now), PEEK
@@ -271,40 +281,50 @@ class Session:
 
     # ------------------------------------------------------------- open transactions
 
+    def _held(self, name: str) -> deque[Item] | None:
+        """The items this connection holds open on queue ``name``, if any.
+
+        Open reads remember the queue object they came from: if that queue was deleted
+        (even if a new one of the same name exists) there is nothing to close or return.
+        """
+        reads = self._open.get(name)
+        if reads is None:
+            return None
+        if reads.queue.deleted:
+            del self._open[name]
+            return None
+        return reads.items
+
     def _hold(self, queue: Queue, item: Item) -> None:
         """This connection now holds ``item`` open (until close, abort or disconnect)."""
-        self._open.setdefault(queue.name, deque()).append(item)
+        reads = self._open.get(queue.name)
+        if reads is None or reads.queue is not queue:
+            reads = self._open[queue.name] = _OpenReads(queue)
+        reads.items.append(item)
         if queue.config.open_transaction_timeout is not None:
-            queue.lease(item, now_ms(), partial(self._lease_expired, queue.name))
+            queue.lease(item, now_ms(), partial(self._lease_expired, queue))
 
-    def _lease_expired(self, name: str, item_id: int) -> bool:
+    def _lease_expired(self, queue: Queue, item_id: int) -> bool:
         """open_transaction_timeout passed: give the item back if still held."""
-        held = self._open.get(name)
-        queue = self._collection.get(name)
-        if not held or queue is None:
+        reads = self._open.get(queue.name)
+        if reads is None or reads.queue is not queue:
             return False
-        for item in held:
+        for item in reads.items:
             if item.item_id == item_id:
-                held.remove(item)
+                reads.items.remove(item)
                 queue.abort_open(item, now_ms())
                 return True
         return False
 
     def _close_one(self, name: str) -> None:
-        held = self._open.get(name)
-        if held:
-            item = held.popleft()
-            queue = self._collection.get(name)
-            if queue is not None:
-                queue.close_open(item)
+        if self._held(name):
+            reads = self._open[name]
+            reads.queue.close_open(reads.items.popleft())
 
     def _abort_one(self, name: str) -> None:
-        held = self._open.get(name)
-        if held:
-            item = held.popleft()
-            queue = self._collection.get(name)
-            if queue is not None:
-                queue.abort_open(item, now_ms())
+        if self._held(name):
+            reads = self._open[name]
+            reads.queue.abort_open(reads.items.popleft(), now_ms())
 
     def end(self) -> None:
         """Connection gone: cancel the wait; open items return to their queues' heads.
@@ -318,12 +338,11 @@ class Session:
             self._waiting_queue.remove_waiter(self._waiter)
         self._end_wait()
         now = now_ms()
-        for name, held in self._open.items():
-            queue = self._collection.get(name)
-            if queue is None:
+        for reads in self._open.values():
+            if reads.queue.deleted:
                 continue
-            while held:
-                queue.abort_open(held.pop(), now)
+            while reads.items:
+                reads.queue.abort_open(reads.items.pop(), now)
         self._open.clear()
 
     # ------------------------------------------------------------------ other commands
@@ -386,7 +405,7 @@ class Session:
     def _cmd_flush_expired(self, request: Command, out: list[Any]) -> int:
         name = self._queue_arg(request, out)
         if name is None:
-            return DONE
+            return CLOSE  # Kestrel drops the connection here
         refusal = self._refused(writes=True)
         if refusal is not None:
             out.append(refusal)
@@ -453,9 +472,9 @@ class Session:
             out.append(END)
             return DONE
         queue = self._collection.get_or_create(name)
-        held = self._open.setdefault(name, deque())
+        held = self._held(name)
         limit = int(args[2]) if len(args) > 2 else self._settings.max_open_transactions
-        room = min(limit, self._settings.max_open_transactions - len(held))
+        room = min(limit, self._settings.max_open_transactions - (len(held) if held else 0))
         now = now_ms()
         while room > 0:
             item = queue.open(now)
@@ -503,7 +522,7 @@ class Session:
             out.append(self._error(b"CLIENT_ERROR bad count"))
             return CLOSE
         name, count = args[0].decode("latin-1"), int(args[1])
-        held = self._open.get(name)
+        held = self._held(name)
         if count == 0 or not held or count > len(held):
             out.append(self._error(b"ERROR"))
             return DONE

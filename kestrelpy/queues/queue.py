@@ -111,8 +111,8 @@ class Queue:
         """Add an item at the tail; False when the queue's limits refuse it."""
         size = len(data)
         config = self.config
-        if size > config.max_item_size:
-            return False
+        if size > config.max_item_size or size > config.max_size or config.max_items < 1:
+            return False  # can never fit: refuse before discarding anything
         full = self.items + 1 > config.max_items or self.bytes + size > config.max_size
         if full and not (config.discard_old_when_full and self._make_room(size, now_ms)):
             return False
@@ -359,8 +359,16 @@ class Queue:
     # ------------------------------------------------------------------------- admin
 
     def flush(self) -> None:
-        """Remove every waiting item (open items are untouched)."""
-        self._store.truncate(self.queue_id, self._tail)
+        """Remove every waiting item; open items stay stored (they may still be aborted).
+
+        Cached items are removed one by one (the window is bounded); the rest, which
+        only the store has, go as one key range.
+        """
+        if self.config.keep_journal:
+            for item in self._cache:
+                self._store.delete(self.queue_id, item.item_id, len(item.data))
+            if self._disk_from < self._tail:
+                self._store.truncate(self.queue_id, self._disk_from, self._tail)
         self._budget.used -= self._cache_bytes
         self._cache.clear()
         self._cache_bytes = 0

@@ -100,7 +100,7 @@ class _Batch:
         self.ticket = ticket
         self.puts: dict[bytes, bytes] = {}
         self.deletes: dict[bytes, int] = {}  # key -> payload size
-        self.truncations: dict[int, int] = {}  # queue id -> delete ids below this
+        self.truncations: list[tuple[int, int, int]] = []  # (queue id, from id, below id)
         self.dropped_queues: dict[bytes, int] = {}  # name -> queue id
         self.new_queues: dict[bytes, bytes] = {}  # name -> record
         self.records: dict[bytes, bytes | None] = {}
@@ -125,8 +125,7 @@ class _Batch:
         """
         for key, size in failed.deletes.items():
             self.deletes.setdefault(key, size)
-        for qid, below in failed.truncations.items():
-            self.truncations[qid] = max(below, self.truncations.get(qid, 0))
+        self.truncations[:0] = failed.truncations
         merged_drops = dict(failed.dropped_queues)
         merged_drops.update(self.dropped_queues)
         self.dropped_queues = merged_drops
@@ -248,14 +247,14 @@ class LmdbStore:
                 # commit it alone shortly. A crash before then redelivers, never loses.
                 self._lazy_commit = self._reactor.callLater(_LAZY_COMMIT_S, self._lazy_turn)
 
-    def truncate(self, queue_id: int, below_id: int) -> None:
-        """Remove every item of a queue with an id below ``below_id`` (``flush``)."""
+    def truncate(self, queue_id: int, from_id: int, below_id: int) -> None:
+        """Remove a queue's items with ``from_id <= id < below_id`` (``flush``)."""
         batch = self._pending
         prefix = _U32.pack(queue_id)
         for key in [k for k in batch.puts if k.startswith(prefix)]:
-            if _KEY.unpack(key)[1] < below_id:
+            if from_id <= _KEY.unpack(key)[1] < below_id:
                 del batch.puts[key]
-        batch.truncations[queue_id] = max(below_id, batch.truncations.get(queue_id, 0))
+        batch.truncations.append((queue_id, from_id, below_id))
         self._schedule_commit()
 
     def read_items(
@@ -330,7 +329,7 @@ class LmdbStore:
         """Commit everything staged, synchronously (shutdown and tests)."""
         if self._writer is not None:
             self._writer.drain()
-            self._deliver_writer_results()
+            self._deliver_writer_results(resubmit=False)
         if not self._pending.is_empty() or self._pending.listeners:
             batch = self._take_pending()
             self._finish(batch, self._commit_batch(batch))
@@ -389,13 +388,13 @@ class LmdbStore:
         """Runs in the writer thread: wake the reactor to deliver the results."""
         self._reactor.callFromThread(self._deliver_writer_results)
 
-    def _deliver_writer_results(self) -> None:
+    def _deliver_writer_results(self, resubmit: bool = True) -> None:
         assert self._writer is not None
         for batch, error in self._writer.results():
             if batch is self._in_flight:
                 self._in_flight = None
             self._finish(batch, error)
-        idle = self._in_flight is None and not self._closed
+        idle = resubmit and self._in_flight is None and not self._closed
         if idle and (not self._pending.is_empty() or self._pending.listeners):
             self._in_flight = self._take_pending()
             self._writer.submit(self._in_flight)
@@ -486,8 +485,8 @@ class LmdbStore:
                 delta = deltas.setdefault(_U32.unpack_from(key)[0], [0, 0])
                 delta[0] -= 1
                 delta[1] -= size
-        for qid, below in batch.truncations.items():
-            count, size = _delete_range(txn, items, qid, below)
+        for qid, from_id, below in batch.truncations:
+            count, size = _delete_range(txn, items, qid, from_id, below)
             delta = deltas.setdefault(qid, [0, 0])
             delta[0] -= count
             delta[1] -= size
@@ -510,7 +509,7 @@ class LmdbStore:
         for name, qid in batch.dropped_queues.items():
             txn.delete(name, db=queues)
             txn.delete(_COUNTER_PREFIX + _U32.pack(qid), db=meta)
-            _delete_range(txn, self._items_db, qid, _MAX_ID)
+            _delete_range(txn, self._items_db, qid, 0, _MAX_ID)
         for name, record in batch.new_queues.items():
             txn.put(name, record, db=queues)
         if batch.next_qid is not None:
@@ -642,12 +641,12 @@ def _id_range(txn: Any, db: Any, qid: int) -> tuple[int, int]:
     return head, tail
 
 
-def _delete_range(txn: Any, db: Any, qid: int, below_id: int) -> tuple[int, int]:
-    """Delete a queue's items with id < below_id; returns (count, payload bytes)."""
+def _delete_range(txn: Any, db: Any, qid: int, from_id: int, below_id: int) -> tuple[int, int]:
+    """Delete a queue's items with from_id <= id < below_id; returns (count, payload bytes)."""
     cursor = txn.cursor(db=db)
     end_key = _KEY.pack(qid, below_id) if below_id < _MAX_ID else _U32.pack(qid + 1)
     count = size = 0
-    if not cursor.set_range(_KEY.pack(qid, 0)):
+    if not cursor.set_range(_KEY.pack(qid, from_id)):
         return 0, 0
     while True:
         key = cursor.key()

@@ -141,13 +141,16 @@ class MemcacheParser:
         size = len(data)
         while pos < size:
             eol = data.find(b"\n", pos)
-            if eol < 0 or eol - pos > self._max_line:
-                if size - pos > self._max_line:
+            if eol < 0:
+                if size - pos > self._max_line + 1:  # + 1: the "\r" may be in already
                     self._fail(requests, b"CLIENT_ERROR line too long", close=True)
                 else:
                     self._buffer = data[pos:]
                 return
             end = eol - 1 if eol > pos and data[eol - 1] == 13 else eol
+            if end - pos > self._max_line:
+                self._fail(requests, b"CLIENT_ERROR line too long", close=True)
+                return
             line = data[pos:end]
             pos = eol + 1
             tokens = line.split(b" ")

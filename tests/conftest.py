@@ -1,0 +1,168 @@
+"""Shared harness for the unit tests: a real KestrelService on LMDB in ``tmp_path``.
+
+No sockets, no threads of ours and no sleeps: connections are
+:class:`~twisted.internet.testing.StringTransport` objects, and time (the store's
+end-of-turn commits, ``/t=`` waits) is a :class:`~twisted.internet.task.Clock` advanced
+by hand. The store commits inline on the clock under ``sync = "never"``/``"periodic"``,
+so ``clock.advance(0)`` is "let the reactor finish its turn".
+
+Fixtures:
+
+- ``kp``: a :class:`Harness` factory, ``kp(config_text=...)``; every service it built is
+  stopped (its store closed) at teardown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from kestrelpy.config import load_config
+from kestrelpy.handler import ServerContext
+from kestrelpy.queues.collection import QueueCollection
+from kestrelpy.server import MemcacheConnection, MemcacheFactory
+from kestrelpy.service import KestrelService, make_service
+from kestrelpy.storage.lmdb_store import LmdbStore
+
+DEFAULT_CONFIG = '[server]\nsync = "never"\nexpiration_timer_frequency = "never"\n'
+
+
+class TcpStringTransport(StringTransport):
+    """A StringTransport with the TCP options a real connection's transport has."""
+
+    tcp_nodelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.tcp_nodelay = bool(enabled)
+
+    def getTcpNoDelay(self) -> bool:
+        return self.tcp_nodelay
+
+
+class Conn:
+    """One client connection over a StringTransport."""
+
+    def __init__(self, harness: Harness, proto: MemcacheConnection) -> None:
+        self.harness = harness
+        self.proto = proto
+        self.transport = TcpStringTransport()
+        proto.makeConnection(self.transport)
+        self.lost = False
+
+    def send(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
+
+    def take(self) -> bytes:
+        """Everything written to this connection since the last take."""
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    def ask(self, data: bytes) -> bytes:
+        """Send, let the reactor turn (commits, backlog drains), return the output."""
+        self.send(data)
+        self.harness.settle()
+        return self.take()
+
+    @property
+    def closing(self) -> bool:
+        """The server asked the transport to close the connection."""
+        return bool(self.transport.disconnecting)
+
+    def lose(self) -> None:
+        """The connection is gone (client hung up, or the server's close completed)."""
+        if not self.lost:
+            self.lost = True
+            self.proto.connectionLost(Failure(ConnectionDone()))
+
+
+def run_until_idle(clock: Clock, max_steps: int = 1000) -> None:
+    """Advance ``clock`` to each scheduled call until nothing is scheduled."""
+    clock.advance(0)
+    for _ in range(max_steps):
+        calls = clock.getDelayedCalls()
+        if not calls:
+            return
+        clock.advance(max(0.0, min(call.getTime() for call in calls) - clock.seconds()))
+    raise AssertionError(f"clock still busy after {max_steps} steps: {clock.getDelayedCalls()}")
+
+
+class Harness:
+    """A service on ``data_dir`` driven by ``clock``; ``restart`` reopens the same store."""
+
+    def __init__(self, root: Path, config_text: str) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.config_path = root / "server.conf"
+        self.config_path.write_text(config_text, encoding="utf-8")
+        self.clock = Clock()
+        self.services: list[KestrelService] = []
+        self.service = self._build()
+
+    def _build(self) -> KestrelService:
+        config = load_config(self.config_path, data_dir=self.data_dir)
+        service = make_service(config, self.clock)
+        self.services.append(service)
+        return service
+
+    @property
+    def ctx(self) -> ServerContext:
+        return self.service.ctx
+
+    @property
+    def store(self) -> LmdbStore:
+        return self.service.store
+
+    @property
+    def collection(self) -> QueueCollection:
+        return self.service.collection
+
+    def connect(self) -> Conn:
+        proto = MemcacheFactory(self.service.ctx, self.service.store).buildProtocol(None)
+        return Conn(self, proto)
+
+    def settle(self) -> None:
+        """Run everything due now: commits, their listeners, backlog drains."""
+        self.clock.advance(0)
+
+    def run_until_idle(self) -> None:
+        """Run every scheduled call, moving the clock to each in turn.
+
+        Also runs the store's deferred commits (removals alone may wait a little for a
+        write to ride along with) - and any /t= timers, so use it only where none matter.
+        """
+        run_until_idle(self.clock)
+
+    def stop(self) -> None:
+        self.service.stopService()
+
+    def restart(self) -> None:
+        """Stop (sessions end, store commits and closes) and build anew on the same dir."""
+        self.stop()
+        self.service = self._build()
+
+    def close_all(self) -> None:
+        for service in self.services:
+            service.store.close()  # idempotent: a stopped service's store is closed already
+
+
+@pytest.fixture
+def kp(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    harnesses: list[Harness] = []
+
+    def build(config_text: str = DEFAULT_CONFIG, name: str = "kp") -> Harness:
+        root = tmp_path / name
+        root.mkdir()
+        harness = Harness(root, config_text)
+        harnesses.append(harness)
+        return harness
+
+    yield build
+    for harness in harnesses:
+        harness.close_all()

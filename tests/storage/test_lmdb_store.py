@@ -1,0 +1,605 @@
+"""LmdbStore on a real LMDB environment in tmp_path: group commit, counters, reads, registry.
+
+Under ``sync = "never"`` commits run inline when the clock runs the end-of-turn call
+(``clock.advance(0)``). Under ``"always"`` a writer thread commits; its completion comes
+back through ``callFromThread``, which :class:`ThreadClock` records for the test to run
+on the test thread (the "reactor" here), or ``flush_now`` collects synchronously.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_until_idle
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from kestrelpy.errors import KestrelpyError, StoreError
+from kestrelpy.storage.lmdb_store import LmdbStore, QueueRecord, StoredItem, inspect_store
+
+
+class ThreadClock(Clock):
+    """A Clock that also accepts ``callFromThread`` (from the writer thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._from_threads: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._arrived = threading.Event()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            self._from_threads.append((f, args))
+        self._arrived.set()
+
+    def wait_for_thread_call(self, timeout_s: float = 10.0) -> None:
+        """Block until some thread called callFromThread (an event with a deadline)."""
+        assert self._arrived.wait(timeout_s), "no callFromThread within the deadline"
+        self._arrived.clear()
+
+    def run_thread_calls(self) -> int:
+        with self._lock:
+            calls, self._from_threads = self._from_threads, []
+        for f, args in calls:
+            f(*args)
+        return len(calls)
+
+
+@pytest.fixture
+def clock() -> ThreadClock:
+    return ThreadClock()
+
+
+@pytest.fixture
+def open_store(tmp_path: Path, clock: ThreadClock) -> Iterator[Callable[..., LmdbStore]]:
+    stores: list[LmdbStore] = []
+
+    def build(sync: str = "never", path: Path | None = None) -> LmdbStore:
+        store = LmdbStore(path or tmp_path / "db", clock, sync=sync)  # type: ignore[arg-type]
+        stores.append(store)
+        return store
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+def record_of(store: LmdbStore, name: str) -> QueueRecord:
+    (record,) = [r for r in store.load_queues() if r.name == name]
+    return record
+
+
+def put_items(store: LmdbStore, qid: int, ids: range, size: int = 4, added_ms: int = 7) -> None:
+    for item_id in ids:
+        store.put(qid, item_id, item_id % 5, 0, added_ms, b"%0*d" % (size, item_id))
+
+
+def ids_of(items: list[StoredItem]) -> list[int]:
+    return [item.item_id for item in items]
+
+
+def reopen(store: LmdbStore, tmp_path: Path, clock: Clock) -> LmdbStore:
+    store.close()
+    return LmdbStore(tmp_path / "db", clock, sync="never")
+
+
+# ---------------------------------------------------------------------- group commit
+
+
+def test_many_puts_one_commit_listeners_in_order(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 100)
+    heard: list[tuple[int, bool]] = []
+    for item_id in range(50):
+        store.put(qid, item_id, 0, 0, 1, b"x" * item_id)
+        store.when_committed(lambda ok, n=item_id: heard.append((n, ok)))
+    assert store.commits == 0
+    assert heard == []
+    ticket = store.pending_ticket
+    clock.advance(0)
+    assert store.commits == 1
+    assert heard == [(n, True) for n in range(50)]
+    assert store.pending_ticket == ticket + 1
+    record = record_of(store, "q")
+    assert (record.items, record.payload_bytes) == (50, sum(range(50)))
+
+
+def test_listeners_of_successive_batches_run_in_commit_order(
+    open_store: Callable[..., LmdbStore],
+    clock: ThreadClock,
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    heard: list[str] = []
+    store.put(qid, 0, 0, 0, 0, b"a")
+    store.when_committed(lambda ok: heard.append(f"first {ok}"))
+    clock.advance(0)
+    store.put(qid, 1, 0, 0, 0, b"b")
+    store.when_committed(lambda ok: heard.append(f"second {ok}"))
+    store.when_committed(lambda ok: heard.append(f"third {ok}"))
+    assert heard == ["first True"]
+    clock.advance(0)
+    assert heard == ["first True", "second True", "third True"]
+    assert store.commits == 2
+
+
+def test_listener_with_nothing_staged_still_hears(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    heard: list[bool] = []
+    store.when_committed(heard.append)
+    clock.advance(0)
+    assert heard == [True]
+
+
+def test_nothing_staged_nothing_scheduled(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    assert not store.has_pending_writes
+    assert clock.getDelayedCalls() == []
+
+
+def test_delete_of_a_pending_put_cancels_it(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    clock.advance(0)
+    store.put(qid, 0, 0, 0, 0, b"gone")
+    store.put(qid, 1, 0, 0, 0, b"kept")
+    store.delete(qid, 0, 4)
+    clock.advance(0)
+    assert ids_of(store.read_items(qid, 0, 10, 100, 1 << 20)) == [1]
+    record = record_of(store, "q")
+    assert (record.items, record.payload_bytes, record.head_id, record.tail_id) == (1, 4, 1, 2)
+    store.put(qid, 2, 0, 0, 0, b"x")
+    store.delete(qid, 2, 1)
+    assert not store.has_pending_writes  # nothing at all left to write
+
+
+def test_delete_of_a_committed_item(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(3))
+    clock.advance(0)
+    store.delete(qid, 1, 4)
+    assert store.has_pending_writes
+    run_until_idle(clock)
+    assert not store.has_pending_writes
+    assert ids_of(store.read_items(qid, 0, 3, 100, 1 << 20)) == [0, 2]
+    assert (record_of(store, "q").items, record_of(store, "q").payload_bytes) == (2, 8)
+
+
+def test_a_removal_rides_along_with_the_next_write(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    # Nobody waits for a removal: it waits for a write's commit rather than costing its own.
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(3))
+    clock.advance(0)
+    commits = store.commits
+    store.delete(qid, 0, 4)
+    clock.advance(0)
+    assert store.commits == commits
+    store.put(qid, 3, 0, 0, 0, b"0003")
+    heard: list[bool] = []
+    store.when_committed(heard.append)
+    clock.advance(0)
+    assert (store.commits, heard) == (commits + 1, [True])
+    assert (record_of(store, "q").items, record_of(store, "q").head_id) == (3, 1)
+
+
+def test_a_removal_alone_commits_soon(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(2))
+    clock.advance(0)
+    commits = store.commits
+    store.delete(qid, 0, 4)
+    run_until_idle(clock)
+    assert store.commits == commits + 1
+    assert clock.seconds() < 1.0  # a short, bounded delay on the store's clock
+    assert record_of(store, "q").items == 1
+
+
+def test_counters_exact_across_repeated_and_missing_deletes(
+    open_store: Callable[..., LmdbStore],
+    clock: ThreadClock,
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(5))
+    clock.advance(0)
+    store.delete(qid, 0, 4)
+    clock.advance(0)
+    store.delete(qid, 0, 4)  # already gone
+    store.delete(qid, 99, 4)  # never existed
+    store.truncate(qid, 0, 2)  # 0 (gone) and 1
+    store.delete(qid, 1, 4)  # also covered by the truncation, same batch
+    clock.advance(0)
+    record = record_of(store, "q")
+    assert (record.items, record.payload_bytes, record.head_id, record.tail_id) == (3, 12, 2, 5)
+
+
+def test_truncate(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    other = store.create_queue("r", 0)
+    put_items(store, qid, range(10))
+    put_items(store, other, range(3))
+    clock.advance(0)
+    put_items(store, qid, range(10, 15))  # staged
+    store.truncate(qid, 0, 12)  # committed 0..9 and staged 10, 11
+    # Staged puts below the cut are cancelled at once; those above it stay readable.
+    assert store.read_items(qid, 10, 12, 100, 1 << 20) == []
+    assert ids_of(store.read_items(qid, 10, 15, 100, 1 << 20)) == [12, 13, 14]
+    clock.advance(0)
+    assert ids_of(store.read_items(qid, 0, 15, 100, 1 << 20)) == [12, 13, 14]
+    record = record_of(store, "q")
+    assert (record.items, record.payload_bytes, record.head_id, record.tail_id) == (3, 12, 12, 15)
+    assert record_of(store, "r").items == 3  # its neighbour is untouched
+    assert ids_of(store.read_items(other, 0, 3, 100, 1 << 20)) == [0, 1, 2]
+
+
+def test_truncate_everything(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(4))
+    clock.advance(0)
+    store.truncate(qid, 0, 4)
+    clock.advance(0)
+    record = record_of(store, "q")
+    assert (record.items, record.payload_bytes, record.head_id, record.tail_id) == (0, 0, 0, 0)
+
+
+# ------------------------------------------------------------------------- read_items
+
+
+def test_read_items_merges_committed_and_staged(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(5))
+    clock.advance(0)
+    put_items(store, qid, range(5, 10))
+    items = store.read_items(qid, 0, 10, 100, 1 << 20)
+    assert ids_of(items) == list(range(10))
+    assert items[7] == StoredItem(7, 2, 0, 7, b"0007")
+    assert ids_of(store.read_items(qid, 3, 10, 4, 1 << 20)) == [3, 4, 5, 6]  # across both
+    assert ids_of(store.read_items(qid, 6, 8, 100, 1 << 20)) == [6, 7]  # end is exclusive
+    assert ids_of(store.read_items(qid, 0, 10, 3, 1 << 20)) == [0, 1, 2]
+    clock.advance(0)
+    assert store.read_items(qid, 0, 10, 100, 1 << 20) == items
+
+
+def test_read_items_stops_when_the_byte_budget_is_spent(
+    open_store: Callable[..., LmdbStore],
+    clock: ThreadClock,
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(5), size=10)
+    clock.advance(0)
+    put_items(store, qid, range(5, 10), size=10)
+    assert ids_of(store.read_items(qid, 0, 10, 100, 25)) == [0, 1, 2]
+    assert ids_of(store.read_items(qid, 4, 10, 100, 15)) == [4, 5]
+    assert ids_of(store.read_items(qid, 7, 10, 100, 1)) == [7]  # always makes progress
+
+
+def test_read_items_stays_inside_its_queue(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    first = store.create_queue("a", 0)
+    second = store.create_queue("b", 0)
+    put_items(store, second, range(3))
+    clock.advance(0)
+    put_items(store, first, range(2))
+    assert ids_of(store.read_items(first, 0, 2, 100, 1 << 20)) == [0, 1]
+    assert store.read_items(first, 2, 2, 100, 1 << 20) == []
+    assert all(item.data != b"0002" for item in store.read_items(first, 0, 5, 100, 1 << 20))
+
+
+def test_read_items_skips_gaps(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(6))
+    store.delete(qid, 1, 4)
+    clock.advance(0)
+    store.delete(qid, 2, 4)  # staged delete of a committed item: still on disk
+    store.delete(qid, 4, 4)
+    run_until_idle(clock)
+    put_items(store, qid, range(6, 9))
+    store.delete(qid, 7, 4)
+    assert ids_of(store.read_items(qid, 0, 9, 100, 1 << 20)) == [0, 3, 5, 6, 8]
+
+
+# -------------------------------------------------------------------- queue registry
+
+
+def test_load_queues_after_reopen(tmp_path: Path, clock: ThreadClock) -> None:
+    store = LmdbStore(tmp_path / "db", clock, sync="never")
+    a = store.create_queue("a", 111)
+    empty = store.create_queue("empty", 222)
+    c = store.create_queue("c+child", 333)
+    put_items(store, a, range(10), size=3)
+    put_items(store, c, range(4), size=2)
+    clock.advance(0)
+    for item_id in range(5):
+        store.delete(a, item_id, 3)
+    store = reopen(store, tmp_path, clock)
+    try:
+        records = {r.name: r for r in store.load_queues()}
+        assert records == {
+            "a": QueueRecord("a", a, 111, 5, 10, 5, 15),
+            "empty": QueueRecord("empty", empty, 222, 0, 0, 0, 0),
+            "c+child": QueueRecord("c+child", c, 333, 0, 4, 4, 8),
+        }
+        assert len({a, empty, c}) == 3
+        assert store.create_queue("d", 0) not in (a, empty, c)  # next id persisted
+    finally:
+        store.close()
+
+
+def test_drop_queue(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 1)
+    neighbour = store.create_queue("r", 1)
+    put_items(store, qid, range(5))
+    put_items(store, neighbour, range(2))
+    clock.advance(0)
+    put_items(store, qid, range(5, 8))  # staged puts are dropped with the queue
+    store.drop_queue("q", qid)
+    clock.advance(0)
+    assert [r.name for r in store.load_queues()] == ["r"]
+    assert store.read_items(qid, 0, 100, 100, 1 << 20) == []
+    assert record_of(store, "r").items == 2
+    again = store.create_queue("q", 2)
+    assert again != qid
+    clock.advance(0)
+    assert record_of(store, "q") == QueueRecord("q", again, 2, 0, 0, 0, 0)
+
+
+def test_create_then_drop_in_one_batch(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 1)
+    put_items(store, qid, range(3))
+    store.drop_queue("q", qid)
+    clock.advance(0)
+    assert store.load_queues() == []
+
+
+def test_drop_and_recreate_in_one_batch(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    old = store.create_queue("q", 1)
+    put_items(store, old, range(3))
+    clock.advance(0)
+    store.drop_queue("q", old)
+    new = store.create_queue("q", 2)
+    put_items(store, new, range(1))
+    clock.advance(0)
+    assert record_of(store, "q") == QueueRecord("q", new, 2, 0, 1, 1, 4)
+
+
+def test_records(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+    store = open_store()
+    assert store.get_record(b"status") is None
+    store.set_record(b"status", b"readonly")
+    assert store.get_record(b"status") == b"readonly"  # staged
+    clock.advance(0)
+    assert store.get_record(b"status") == b"readonly"  # committed
+    store.set_record(b"status", None)
+    assert store.get_record(b"status") is None
+    clock.advance(0)
+    assert store.get_record(b"status") is None
+
+
+# -------------------------------------------------------------------- sync policies
+
+
+def test_sync_always_writer_thread_with_flush_now(
+    open_store: Callable[..., LmdbStore], tmp_path: Path, clock: ThreadClock
+) -> None:
+    store = open_store("always")
+    qid = store.create_queue("q", 0)
+    heard: list[bool] = []
+    put_items(store, qid, range(3))
+    store.when_committed(heard.append)
+    store.flush_now()
+    assert heard == [True]
+    assert store.commits == 1
+    assert record_of(store, "q").items == 3
+    store.close()
+    store = open_store("always")
+    assert record_of(store, "q").items == 3
+
+
+def test_sync_always_through_the_clock(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store("always")
+    qid = store.create_queue("q", 0)
+    heard: list[str] = []
+    put_items(store, qid, range(3))
+    store.when_committed(lambda ok: heard.append(f"A {ok}"))
+    clock.advance(0)  # batch A goes to the writer thread
+    put_items(store, qid, range(3, 5))  # batch B, staged while A is in flight
+    store.when_committed(lambda ok: heard.append(f"B {ok}"))
+    assert ids_of(store.read_items(qid, 0, 5, 100, 1 << 20)) == [0, 1, 2, 3, 4]
+    clock.advance(0)  # B may not start while A is in flight
+    clock.wait_for_thread_call()
+    assert heard == []  # results are delivered on the reactor thread only
+    clock.run_thread_calls()  # A done; B goes to the writer
+    assert heard == ["A True"]
+    clock.wait_for_thread_call()
+    clock.run_thread_calls()
+    assert heard == ["A True", "B True"]
+    assert store.commits == 2
+    assert record_of(store, "q").items == 5
+
+
+def test_flush_now_commits_a_batch_staged_behind_one_in_flight(
+    open_store: Callable[..., LmdbStore],
+    clock: ThreadClock,
+) -> None:
+    # flush_now: "Commit everything staged, synchronously" - also what was staged while
+    # the writer thread still had the previous batch.
+    store = open_store("always")
+    qid = store.create_queue("q", 0)
+    heard: list[str] = []
+    store.put(qid, 0, 0, 0, 0, b"a")
+    store.when_committed(lambda ok: heard.append(f"A {ok}"))
+    clock.advance(0)  # batch A goes to the writer
+    store.put(qid, 1, 0, 0, 0, b"b")
+    store.when_committed(lambda ok: heard.append(f"B {ok}"))
+    store.flush_now()
+    assert heard == ["A True", "B True"]
+    assert store.commits == 2
+    assert not store.has_pending_writes
+
+
+def test_sync_periodic_commits_on_the_clock(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store("periodic")
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(2))
+    heard: list[bool] = []
+    store.when_committed(heard.append)
+    clock.advance(0)
+    assert heard == [True]
+    assert record_of(store, "q").items == 2
+
+
+def test_close_commits_what_is_staged(tmp_path: Path, clock: ThreadClock) -> None:
+    store = LmdbStore(tmp_path / "db", clock, sync="never")
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, range(2))
+    store.close()
+    store.close()  # idempotent
+    store = LmdbStore(tmp_path / "db", clock, sync="never")
+    try:
+        assert record_of(store, "q").items == 2
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------- inspect_store
+
+
+def test_inspect_store_while_the_store_is_open(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock, tmp_path: Path
+) -> None:
+    # Another process, as `kestrelpy dump-store` is: LMDB forbids opening one environment
+    # twice in a single process.
+    store = open_store()
+    qid = store.create_queue("q", 5)
+    put_items(store, qid, range(4))
+    clock.advance(0)
+    put_items(store, qid, range(4, 6))  # staged only: not visible to another reader
+    script = (
+        "import json, sys; from pathlib import Path;"
+        "from kestrelpy.storage.lmdb_store import inspect_store;"
+        "print(json.dumps([list(r) for r in inspect_store(Path(sys.argv[1]))]))"
+    )
+    path = str(tmp_path / "db")
+    result = subprocess.run(
+        [sys.executable, "-c", script, path], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [["q", qid, 5, 0, 4, 4, 16]]
+    clock.advance(0)  # the writer was not blocked by the reader
+    assert record_of(store, "q").items == 6
+
+
+def test_inspect_store_after_close(tmp_path: Path, clock: ThreadClock) -> None:
+    store = LmdbStore(tmp_path / "db", clock, sync="never")
+    qid = store.create_queue("q", 5)
+    put_items(store, qid, range(2))
+    store.close()
+    assert inspect_store(tmp_path / "db") == [QueueRecord("q", qid, 5, 0, 2, 2, 8)]
+
+
+def test_inspect_store_without_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as info:
+        inspect_store(tmp_path)
+    assert isinstance(info.value, KestrelpyError)
+    assert "data.mdb" in str(info.value)
+
+
+# ------------------------------------------------------------------- counter property
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(1, 30)),
+        st.tuples(st.just("delete"), st.integers(0, 40)),
+        st.tuples(st.just("truncate"), st.integers(0, 40)),
+        st.tuples(st.just("commit"), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(OPS)
+def test_counters_and_contents_match_a_model(tmp_path_factory: Any, ops: list[Any]) -> None:
+    path = tmp_path_factory.mktemp("model")
+    clock = Clock()
+    store = LmdbStore(path, clock, sync="never")
+    try:
+        qid = store.create_queue("q", 0)
+        model: dict[int, bytes] = {}
+        sizes: dict[int, int] = {}
+        next_id = 0
+        for op, arg in ops:
+            if op == "put":
+                store.put(qid, next_id, 0, 0, 0, b"p" * arg)
+                model[next_id] = b"p" * arg
+                sizes[next_id] = arg
+                next_id += 1
+            elif op == "delete" and next_id:
+                # Only ids handed out already: a queue never removes an id it has not put.
+                item_id = arg % next_id
+                store.delete(qid, item_id, sizes[item_id])  # callers know each size
+                model.pop(item_id, None)
+            elif op == "truncate":
+                below = arg % (next_id + 1)  # a queue truncates below its tail
+                store.truncate(qid, 0, below)
+                model = {k: v for k, v in model.items() if k >= below}
+            elif op == "commit":
+                # read_items merges staged puts but not staged removals (the queue never
+                # reads below its window), so contents are compared once committed.
+                run_until_idle(clock)
+                found = store.read_items(qid, 0, next_id, 1000, 1 << 20)
+                assert [(i.item_id, i.data) for i in found] == sorted(model.items())
+        run_until_idle(clock)
+        found = store.read_items(qid, 0, next_id, 1000, 1 << 20)
+        assert [(i.item_id, i.data) for i in found] == sorted(model.items())
+        record = record_of(store, "q")
+        assert (record.items, record.payload_bytes) == (len(model), sum(map(len, model.values())))
+        if model:
+            assert (record.head_id, record.tail_id) == (min(model), max(model) + 1)
+    finally:
+        store.close()

@@ -1,0 +1,856 @@
+"""The memcache connection over a real KestrelService on LMDB: framing, order, durability.
+
+Connections are StringTransports, time is a Clock (see conftest.py). Under
+``sync = "never"`` the store commits when the clock runs its end-of-turn call, so
+``clock.advance(0)`` is the commit: a reply to a write may appear only after it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import DEFAULT_CONFIG, Conn, Harness
+
+from kestrelpy import __version__
+from kestrelpy.config import load_config
+from kestrelpy.service import make_service
+
+VERSION = b"VERSION kestrelpy-" + __version__.encode() + b"\r\n"
+MakeHarness = Callable[..., Harness]
+
+
+def config(**server: object) -> str:
+    """DEFAULT_CONFIG plus extra ``[server]`` keys (TOML values written as given)."""
+    lines = "".join(f"{key} = {value}\n" for key, value in server.items())
+    return DEFAULT_CONFIG + lines
+
+
+def value(key: bytes, data: bytes, flags: int = 0, cas: int | None = None) -> bytes:
+    head = b"VALUE %b %d %d" % (key, flags, len(data))
+    if cas is not None:
+        head += b" %d" % cas
+    return head + b"\r\n" + data + b"\r\nEND\r\n"
+
+
+def set_req(queue: bytes, data: bytes, flags: int = 0, exptime: int = 0) -> bytes:
+    return b"set %b %d %d %d\r\n%b\r\n" % (queue, flags, exptime, len(data), data)
+
+
+def fill(conn: Conn, queue: bytes, *items: bytes) -> None:
+    reply = conn.ask(b"".join(set_req(queue, item) for item in items))
+    assert reply == b"STORED\r\n" * len(items)
+
+
+def drain(conn: Conn, queue: bytes) -> list[bytes]:
+    """Take items with plain gets until END; returns their payloads."""
+    found = []
+    while True:
+        reply = conn.ask(b"get " + queue + b"\r\n")
+        if reply == b"END\r\n":
+            return found
+        head, data, end = reply.split(b"\r\n", 2)
+        assert head.startswith(b"VALUE " + queue + b" ") and end == b"END\r\n", reply
+        found.append(data)
+
+
+def queue_stat(harness: Harness, queue: str, key: str) -> object:
+    return getattr(harness.collection.get(queue), key)
+
+
+# -------------------------------------------------------------------- commit gating
+
+
+def test_stored_is_written_only_after_the_commit(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    commits = h.store.commits
+    conn.send(set_req(b"q", b"hello"))
+    assert conn.take() == b""
+    assert h.store.commits == commits
+    assert [r.items for r in h.store.load_queues() if r.name == "q"] == []  # not on disk
+    h.settle()
+    assert h.store.commits == commits + 1
+    assert conn.take() == b"STORED\r\n"
+    (record,) = [r for r in h.store.load_queues() if r.name == "q"]
+    assert (record.items, record.payload_bytes) == (1, 5)
+
+
+def test_replies_queued_behind_a_stored_wait_for_its_commit(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    conn.send(b"get r\r\n" + set_req(b"q", b"x") + b"version\r\nget q\r\n")
+    assert conn.take() == b""  # END for `get r` may not overtake the STORED behind it...
+    h.settle()
+    assert conn.take() == b"END\r\nSTORED\r\n" + VERSION + value(b"q", b"x")
+
+
+def test_reads_on_other_connections_do_not_wait_for_a_commit(kp: MakeHarness) -> None:
+    h = kp()
+    writer, reader = h.connect(), h.connect()
+    writer.send(set_req(b"q", b"x"))
+    reader.send(b"get q\r\nget q\r\n")
+    assert reader.take() == value(b"q", b"x") + b"END\r\n"
+    assert writer.take() == b""
+    h.settle()
+    assert writer.take() == b"STORED\r\n"
+
+
+def test_two_writes_in_one_turn_share_one_commit(kp: MakeHarness) -> None:
+    h = kp()
+    first, second = h.connect(), h.connect()
+    h.connect().ask(b"get q\r\n")  # creates q: its registration commits now
+    commits = h.store.commits
+    first.send(set_req(b"q", b"1"))
+    second.send(set_req(b"q", b"2"))
+    h.settle()
+    assert h.store.commits == commits + 1
+    assert first.take() == second.take() == b"STORED\r\n"
+
+
+def test_stored_set_survives_a_crash(kp: MakeHarness, tmp_path: Path) -> None:
+    # Copy the data dir the moment STORED is written: that is what a killed process leaves.
+    h = kp()
+    conn = h.connect()
+    conn.send(set_req(b"q", b"durable"))
+    h.settle()
+    assert conn.take() == b"STORED\r\n"
+    crashed = tmp_path / "crashed"
+    shutil.copytree(h.data_dir, crashed)
+    service = make_service(load_config(h.config_path, data_dir=crashed), h.clock)
+    try:
+        queue = service.collection.get("q")
+        assert queue is not None
+        assert queue.take(0) is not None and queue.take(0) is None
+    finally:
+        service.store.close()
+
+
+def test_removal_answered_before_a_set_commits_with_it(kp: MakeHarness, tmp_path: Path) -> None:
+    # PROTOCOL.md §12: a STORED means every removal answered before it is committed too.
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    fill(writer, b"q", b"a", b"b")
+    assert reader.ask(b"get q\r\n") == value(b"q", b"a")
+    reader.send(b"get q\r\n")
+    assert reader.take() == value(b"q", b"b")  # answered at once, removal only staged
+    writer.send(set_req(b"other", b"x"))
+    h.settle()
+    assert writer.take() == b"STORED\r\n"
+    crashed = tmp_path / "crashed"
+    shutil.copytree(h.data_dir, crashed)
+    service = make_service(load_config(h.config_path, data_dir=crashed), h.clock)
+    try:
+        assert service.collection.get("q").items == 0  # type: ignore[union-attr]
+        assert service.collection.get("other").items == 1  # type: ignore[union-attr]
+    finally:
+        service.store.close()
+
+
+# ---------------------------------------------------------------- split at every offset
+
+STREAM = (
+    set_req(b"q", b"hello")
+    + b"set q 7 0 5 noreply\r\nworld\r\n"
+    + b"get q\r\n"
+    + b"gets q/open\n"
+    + b"get q/close\r\n"
+    + b"get q\r\n"
+    + b"bogus command\r\n"
+    + b"version\r\n"
+    + set_req(b"q", b"a\r\nb")
+    + b"get q/peek\r\n"
+    + b"delete q\r\n"
+    + b"get q/t=0\r\n"
+    + b"flush r\r\n"
+    + b"set r 0 0 1 noreply\r\nz\r\n"
+    + b"get r/t=100\n"
+    + b"get s/t=100\r\n"  # blocks until the clock passes 100 ms...
+    + b"version\r\n"  # ...and holds this one back
+)
+EXPECTED = (
+    b"STORED\r\n"
+    + value(b"q", b"hello")
+    + value(b"q/open", b"world", flags=7, cas=1)
+    + b"END\r\n"  # close
+    + b"END\r\n"  # empty
+    + b"ERROR\r\n"
+    + VERSION
+    + b"STORED\r\n"
+    + value(b"q/peek", b"a\r\nb")
+    + b"DELETED\r\n"
+    + b"END\r\n"
+    + b"END\r\n"
+    + value(b"r/t=100", b"z")
+    + b"END\r\n"
+    + VERSION
+)
+
+
+def run_pieces(h: Harness, pieces: list[bytes], *, settle_between: bool) -> bytes:
+    conn = h.connect()
+    for piece in pieces:
+        conn.send(piece)
+        if settle_between:
+            h.settle()
+    h.settle()
+    before_timeout = conn.take()
+    h.clock.advance(0.1)
+    h.settle()
+    return before_timeout + conn.take()
+
+
+def test_stream_whole(kp: MakeHarness) -> None:
+    assert run_pieces(kp(), [STREAM], settle_between=False) == EXPECTED
+
+
+def test_stream_split_at_every_offset(kp: MakeHarness) -> None:
+    for offset in range(1, len(STREAM)):
+        pieces = [STREAM[:offset], STREAM[offset:]]
+        h = kp(name=f"split{offset}")
+        assert run_pieces(h, pieces, settle_between=offset % 2 == 0) == EXPECTED, offset
+        h.stop()
+
+
+@pytest.mark.parametrize("settle_between", [False, True])
+def test_stream_byte_by_byte(kp: MakeHarness, settle_between: bool) -> None:
+    pieces = [STREAM[i : i + 1] for i in range(len(STREAM))]
+    assert run_pieces(kp(), pieces, settle_between=settle_between) == EXPECTED
+
+
+# ------------------------------------------------------------------------ blocked reads
+
+
+def test_blocked_get_woken_by_a_set_on_another_connection(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    assert reader.ask(b"get q/t=500\r\n") == b""
+    assert queue_stat(h, "q", "waiters") == 1
+    h.clock.advance(0.2)
+    assert reader.take() == b""
+    writer.send(set_req(b"q", b"job"))
+    assert reader.take() == value(b"q/t=500", b"job")
+    h.settle()
+    assert writer.take() == b"STORED\r\n"
+    assert queue_stat(h, "q", "waiters") == 0
+    assert queue_stat(h, "q", "items") == 0
+    h.clock.advance(1)  # the cancelled timer must not answer a second time
+    assert reader.take() == b""
+    assert reader.ask(b"get q\r\n") == b"END\r\n"
+
+
+def test_blocked_get_times_out_with_end(kp: MakeHarness) -> None:
+    h = kp()
+    reader = h.connect()
+    assert reader.ask(b"get q/t=500\r\n") == b""
+    h.clock.advance(0.4)
+    assert reader.take() == b""
+    h.clock.advance(0.1)
+    assert reader.take() == b"END\r\n"
+    assert h.ctx.stats.get_misses == 1
+    assert queue_stat(h, "q", "waiters") == 0
+
+
+def test_blocked_readers_are_served_in_arrival_order(kp: MakeHarness) -> None:
+    h = kp()
+    first, second, writer = h.connect(), h.connect(), h.connect()
+    first.ask(b"get q/t=1000\r\n")
+    second.ask(b"get q/t=1000\r\n")
+    writer.ask(set_req(b"q", b"1"))
+    assert (first.take(), second.take()) == (value(b"q/t=1000", b"1"), b"")
+    writer.ask(set_req(b"q", b"2"))
+    assert second.take() == value(b"q/t=1000", b"2")
+
+
+def test_pipelined_requests_behind_a_blocked_get_wait_in_order(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    assert reader.ask(b"get q/t=500\r\nget r\r\nversion\r\n") == b""
+    writer.send(set_req(b"q", b"x"))
+    h.settle()
+    assert reader.take() == value(b"q/t=500", b"x") + b"END\r\n" + VERSION
+
+
+def test_pipelined_requests_answered_after_a_timeout(kp: MakeHarness) -> None:
+    h = kp()
+    reader = h.connect()
+    assert reader.ask(b"get q/t=500\r\n" + set_req(b"q", b"late") + b"get q\r\n") == b""
+    h.clock.advance(0.5)
+    h.settle()
+    # The set behind the wait runs only after the wait ended: the get saw nothing.
+    assert reader.take() == b"END\r\nSTORED\r\n" + value(b"q", b"late")
+
+
+def test_requests_arriving_while_blocked_wait_too(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    reader.ask(b"get q/t=500\r\n")
+    assert reader.ask(b"version\r\nget q\r\n") == b""
+    writer.ask(set_req(b"q", b"1") + set_req(b"q", b"2"))
+    assert reader.take() == value(b"q/t=500", b"1") + VERSION + value(b"q", b"2")
+
+
+def test_disconnect_while_blocked_cancels_the_wait(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    reader.ask(b"get q/t=500\r\n")
+    reader.lose()
+    assert queue_stat(h, "q", "waiters") == 0
+    assert writer.ask(set_req(b"q", b"kept")) == b"STORED\r\n"
+    assert reader.take() == b""
+    assert queue_stat(h, "q", "items") == 1
+    h.clock.advance(1)
+    assert drain(h.connect(), b"q") == [b"kept"]
+
+
+def test_blocked_open_then_disconnect_returns_the_item(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    reader.ask(b"get q/t=500/open\r\n")
+    writer.ask(set_req(b"q", b"x"))
+    assert reader.take() == value(b"q/t=500/open", b"x")
+    assert queue_stat(h, "q", "open_transactions") == 1
+    reader.lose()
+    assert queue_stat(h, "q", "open_transactions") == 0
+    assert drain(h.connect(), b"q") == [b"x"]
+
+
+def test_blocked_peek_leaves_the_item(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    reader.ask(b"get q/peek/t=500\r\n")
+    writer.ask(set_req(b"q", b"x"))
+    assert reader.take() == value(b"q/peek/t=500", b"x")
+    assert drain(h.connect(), b"q") == [b"x"]
+
+
+def test_delete_ends_a_blocked_read(kp: MakeHarness) -> None:
+    h = kp()
+    reader, admin = h.connect(), h.connect()
+    reader.ask(b"get q/t=500\r\nversion\r\n")
+    assert admin.ask(b"delete q\r\n") == b"DELETED\r\n"
+    h.settle()
+    assert reader.take() == b"END\r\n" + VERSION
+    h.clock.advance(1)
+    assert reader.take() == b""
+
+
+# ----------------------------------------------------------------------- reliable reads
+
+
+def test_open_close(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    fill(conn, b"q", b"a", b"b")
+    assert conn.ask(b"get q/open\r\n") == value(b"q/open", b"a")
+    assert queue_stat(h, "q", "open_transactions") == 1
+    assert queue_stat(h, "q", "items") == 1
+    assert conn.ask(b"get q/close\r\n") == b"END\r\n"
+    assert queue_stat(h, "q", "open_transactions") == 0
+    assert conn.ask(b"get q/close\r\n") == b"END\r\n"  # nothing open: no-op
+    conn.lose()
+    h.restart()
+    assert drain(h.connect(), b"q") == [b"b"]
+
+
+def test_close_open_confirms_then_opens(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    fill(conn, b"q", b"a", b"b")
+    assert conn.ask(b"get q/open\r\n") == value(b"q/open", b"a")
+    assert conn.ask(b"get q/close/open\r\n") == value(b"q/close/open", b"b")
+    assert conn.ask(b"get q/open/close\r\n") == b"END\r\n"
+    assert queue_stat(h, "q", "open_transactions") == 0
+    assert queue_stat(h, "q", "transactions") == 2
+
+
+def test_abort_returns_the_item_to_the_head(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    fill(conn, b"q", b"a", b"b")
+    assert conn.ask(b"get q/open\r\n") == value(b"q/open", b"a")
+    assert conn.ask(b"get q/abort\r\n") == b"END\r\n"
+    assert queue_stat(h, "q", "canceled_transactions") == 1
+    assert conn.ask(b"get q/abort\r\n") == b"END\r\n"  # nothing open: no-op
+    assert queue_stat(h, "q", "canceled_transactions") == 1
+    assert drain(conn, b"q") == [b"a", b"b"]
+
+
+def test_close_on_another_connection_is_a_no_op(kp: MakeHarness) -> None:
+    h = kp()
+    owner, other = h.connect(), h.connect()
+    fill(owner, b"q", b"a")
+    owner.ask(b"get q/open\r\n")
+    assert other.ask(b"get q/close\r\n") == b"END\r\n"
+    assert queue_stat(h, "q", "open_transactions") == 1
+    owner.lose()
+    assert drain(other, b"q") == [b"a"]
+
+
+def test_connection_loss_returns_open_items_in_opening_order(kp: MakeHarness) -> None:
+    h = kp(config(max_open_transactions=3))
+    owner, other = h.connect(), h.connect()
+    fill(owner, b"q", b"a", b"b", b"c", b"d")
+    fill(owner, b"r", b"r1")
+    for item in (b"a", b"b", b"c"):
+        assert owner.ask(b"get q/open\r\n") == value(b"q/open", item)
+    assert owner.ask(b"get r/open\r\n") == value(b"r/open", b"r1")
+    assert other.ask(b"get q\r\n") == value(b"q", b"d")
+    owner.lose()
+    assert queue_stat(h, "q", "canceled_transactions") == 3
+    assert queue_stat(h, "q", "open_transactions") == 0
+    assert drain(other, b"q") == [b"a", b"b", b"c"]
+    assert drain(other, b"r") == [b"r1"]
+
+
+def test_second_open_over_the_limit_is_error_and_close(kp: MakeHarness) -> None:
+    h = kp()
+    conn, other = h.connect(), h.connect()
+    fill(conn, b"q", b"a", b"b")
+    assert conn.ask(b"get q/open\r\n") == value(b"q/open", b"a")
+    assert conn.ask(b"get q/open\r\nversion\r\n") == b"ERROR\r\n"
+    assert conn.closing
+    assert conn.ask(b"version\r\n") == b""  # nothing more is answered
+    conn.lose()  # the server's close completes: the held item goes back
+    assert drain(other, b"q") == [b"a", b"b"]
+
+
+def test_plain_get_while_holding_is_error_and_close(kp: MakeHarness) -> None:
+    h = kp()
+    conn, other = h.connect(), h.connect()
+    fill(conn, b"q", b"a", b"b")
+    conn.ask(b"get q/open\r\n")
+    assert conn.ask(b"get q/peek\r\n") == value(b"q/peek", b"b")  # peek is allowed
+    assert conn.ask(b"get r\r\n") == b"END\r\n"  # another queue is irrelevant
+    assert conn.ask(b"get q\r\n") == b"ERROR\r\n"
+    assert conn.closing
+    conn.lose()
+    assert drain(other, b"q") == [b"a", b"b"]
+
+
+def test_max_open_transactions_allows_several(kp: MakeHarness) -> None:
+    h = kp(config(max_open_transactions=2))
+    conn = h.connect()
+    fill(conn, b"q", b"a", b"b", b"c")
+    assert conn.ask(b"get q/open\r\nget q/open\r\n") == value(b"q/open", b"a") + value(
+        b"q/open", b"b"
+    )
+    assert conn.ask(b"get q/open\r\n") == b"ERROR\r\n"
+    assert conn.closing
+
+
+def test_restart_keeps_items_and_open_items_in_order(kp: MakeHarness) -> None:
+    h = kp()
+    writer, holder, taker = h.connect(), h.connect(), h.connect()
+    fill(writer, b"q", b"1", b"2", b"3", b"4", b"5")
+    assert taker.ask(b"get q\r\n") == value(b"q", b"1")
+    assert holder.ask(b"get q/open\r\n") == value(b"q/open", b"2")
+    assert holder.ask(b"get q/close/open\r\n") == value(b"q/close/open", b"3")
+    fill(writer, b"q", b"6")
+    h.restart()  # holder never closed 3 and never saw its connection end
+    conn = h.connect()
+    assert conn.ask(b"get q/close\r\n") == b"END\r\n"  # a post-restart close is a no-op
+    assert drain(conn, b"q") == [b"3", b"4", b"5", b"6"]
+
+
+def test_restart_keeps_open_items_of_a_live_connection(kp: MakeHarness) -> None:
+    h = kp(config(max_open_transactions=2))
+    conn = h.connect()
+    fill(conn, b"q", b"a", b"b", b"c")
+    conn.ask(b"get q/open\r\nget q/open\r\n")
+    h.restart()
+    assert drain(h.connect(), b"q") == [b"a", b"b", b"c"]
+
+
+def test_restart_commits_staged_writes(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    conn.send(set_req(b"q", b"staged"))  # no settle: still in the pending batch
+    h.restart()
+    assert conn.take() == b"STORED\r\n"  # answered when the stop committed it
+    assert drain(h.connect(), b"q") == [b"staged"]
+
+
+# ------------------------------------------------------------------- commands and stats
+
+
+def test_noreply_sets_produce_no_output(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    conn.send(b"set q 0 0 1 noreply\r\nx\r\nset q 0 0 1 noreply\r\ny\r\n")
+    assert conn.take() == b""
+    h.settle()
+    assert conn.take() == b""
+    assert conn.ask(b"set q x 0 1 noreply\r\nz\r\ndelete r noreply\r\n") == b""
+    assert conn.ask(b"get q\r\nget q\r\nget q\r\n") == value(b"q", b"x") + value(b"q", b"y") + (
+        b"END\r\n"
+    )
+
+
+def test_noreply_ignored_when_not_honoured(kp: MakeHarness) -> None:
+    h = kp(config(honor_noreply="false"))
+    assert h.connect().ask(b"set q 0 0 1 noreply\r\nx\r\n") == b"STORED\r\n"
+
+
+def test_flags_preserved(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    conn.ask(set_req(b"q", b"x", flags=2147483647) + set_req(b"q", b"y", flags=12))
+    assert conn.ask(b"get q\r\n") == value(b"q", b"x", flags=2147483647)
+    assert conn.ask(b"get q/open\r\n") == value(b"q/open", b"y", flags=12)
+    conn.ask(b"get q/abort\r\n")
+    h.restart()
+    assert h.connect().ask(b"get q\r\n") == value(b"q", b"y", flags=12)
+
+
+def test_flags_zeroed_without_preserve_flags(kp: MakeHarness) -> None:
+    h = kp(config(preserve_flags="false"))
+    conn = h.connect()
+    conn.ask(set_req(b"q", b"x", flags=12))
+    assert conn.ask(b"get q\r\n") == value(b"q", b"x")
+
+
+def test_gets_returns_the_item_id_as_cas(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    fill(conn, b"q", b"a", b"b", b"c")
+    assert conn.ask(b"gets q\r\n") == value(b"q", b"a", cas=0)
+    assert conn.ask(b"get q\r\n") == value(b"q", b"b")
+    assert conn.ask(b"gets q/peek\r\n") == value(b"q/peek", b"c", cas=2)
+
+
+def test_gets_without_cas_when_disabled(kp: MakeHarness) -> None:
+    h = kp(config(gets_cas="false"))
+    conn = h.connect()
+    fill(conn, b"q", b"a")
+    assert conn.ask(b"gets q\r\n") == value(b"q", b"a")
+
+
+def test_bare_queue_name_without_echo(kp: MakeHarness) -> None:
+    h = kp(config(echo_requested_key="false"))
+    conn = h.connect()
+    fill(conn, b"q", b"a")
+    assert conn.ask(b"get q/t=10/open\r\n") == value(b"q", b"a")
+
+
+def test_unknown_command_keeps_the_connection(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    assert conn.ask(b"bogus\r\nincr q 1\r\n\r\nversion\r\n") == b"ERROR\r\n" * 3 + VERSION
+    assert not conn.closing
+
+
+def test_bad_get_options_close(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    reply = conn.ask(b"get q/peek/open\r\nversion\r\n")
+    assert reply.startswith(b"CLIENT_ERROR ") and reply.count(b"\r\n") == 1
+    assert conn.closing
+
+
+def test_set_with_slash_in_name_is_refused_and_kept(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    assert conn.ask(set_req(b"a/b", b"x") + b"version\r\n") == (
+        b"CLIENT_ERROR bad queue name\r\n" + VERSION
+    )
+    assert not conn.closing
+
+
+def test_item_over_item_size_max_closes(kp: MakeHarness) -> None:
+    h = kp(config(item_size_max=8))
+    conn = h.connect()
+    assert conn.ask(set_req(b"q", b"12345678")) == b"STORED\r\n"
+    assert conn.ask(set_req(b"q", b"123456789") + b"version\r\n") == (
+        b"SERVER_ERROR object too large\r\n"
+    )
+    assert conn.closing
+
+
+def test_item_over_queue_max_item_size_is_not_stored(kp: MakeHarness) -> None:
+    h = kp(DEFAULT_CONFIG + "[defaults]\nmax_item_size = 4\n")
+    conn = h.connect()
+    assert conn.ask(set_req(b"q", b"12345") + set_req(b"q", b"1234")) == (
+        b"NOT_STORED\r\nSTORED\r\n"
+    )
+    assert not conn.closing
+
+
+def test_negative_flags_never_reach_the_store(kp: MakeHarness) -> None:
+    # Kestrel reads flags as a signed int32; whether kp accepts -1 or refuses it, a reply
+    # must come back and the connection must stay usable.
+    h = kp()
+    conn = h.connect()
+    reply = conn.ask(set_req(b"q", b"x", flags=-1) + b"version\r\n")
+    assert reply in (b"CLIENT_ERROR bad flags\r\n" + VERSION, b"STORED\r\n" + VERSION)
+
+
+def test_huge_exptime_is_a_client_error(kp: MakeHarness) -> None:
+    # 10**16 s does not fit the store's int64 ms expiry; it must not reach the store.
+    h = kp()
+    conn = h.connect()
+    conn.send(b"set q 0 10000000000000000 1\r\nx\r\n")
+    h.settle()
+    reply = conn.take()
+    assert reply.startswith(b"CLIENT_ERROR "), reply
+    assert conn.ask(b"get q\r\n") in (b"", b"END\r\n")
+
+
+def test_expired_items_are_never_returned(kp: MakeHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_700_000_000_000]
+    monkeypatch.setattr("kestrelpy.handler.now_ms", lambda: now[0])
+    h = kp()
+    conn = h.connect()
+    conn.ask(
+        set_req(b"q", b"gone", exptime=-1)
+        + set_req(b"q", b"old", exptime=1_000_000)  # absolute: 1970
+        + set_req(b"q", b"ten", exptime=10)  # relative: 10 s
+        + set_req(b"q", b"keep")
+    )
+    now[0] += 9_999
+    assert conn.ask(b"get q/peek\r\n") == value(b"q/peek", b"ten")
+    assert queue_stat(h, "q", "expired_items") == 2
+    now[0] += 1
+    assert conn.ask(b"get q\r\n") == value(b"q", b"keep")
+    assert queue_stat(h, "q", "expired_items") == 3
+
+
+def test_max_age_applies(kp: MakeHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_700_000_000_000]
+    monkeypatch.setattr("kestrelpy.handler.now_ms", lambda: now[0])
+    h = kp(DEFAULT_CONFIG + '[queues."q"]\nmax_age = "2s"\n')
+    conn = h.connect()
+    conn.ask(set_req(b"q", b"a") + set_req(b"q", b"b", exptime=1))
+    now[0] += 1_000
+    assert conn.ask(b"get q/peek\r\n") == value(b"q/peek", b"a")  # b expired already
+    now[0] += 1_000
+    assert conn.ask(b"get q\r\n") == b"END\r\n"
+
+
+def test_flush_expired(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    conn.ask(set_req(b"q", b"a", exptime=-1) + set_req(b"q", b"b", exptime=-1))
+    conn.ask(set_req(b"q", b"c"))
+    assert conn.ask(b"flush_expired q\r\nflush_expired nope\r\n") == b"2\r\n0\r\n"
+    assert h.collection.get("nope") is None
+    assert drain(conn, b"q") == [b"c"]
+
+
+def test_delete_and_flush(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    fill(conn, b"q", b"a", b"b")
+    fill(conn, b"r", b"c")
+    assert conn.ask(b"flush q\r\n") == b"END\r\n"
+    assert queue_stat(h, "q", "total_flushes") == 1
+    assert conn.ask(b"get q\r\n") == b"END\r\n"
+    assert conn.ask(b"delete r\r\ndelete nope\r\n") == b"DELETED\r\nDELETED\r\n"
+    assert h.collection.get("r") is None
+    assert h.collection.get("nope") is None
+    fill(conn, b"q", b"d")
+    assert conn.ask(b"flush_all\r\n") == b"Flushed all queues.\r\n"
+    h.restart()
+    conn = h.connect()
+    assert h.collection.names() == ["q"]
+    assert conn.ask(b"get q\r\n") == b"END\r\n"
+
+
+def test_readonly_status_refuses_writes(kp: MakeHarness) -> None:
+    h = kp()
+    admin, writer = h.connect(), h.connect()
+    fill(admin, b"q", b"a")
+    assert admin.ask(b"status readonly\r\nstatus\r\n") == b"END\r\nREADONLY\r\n"
+    assert writer.ask(b"get q\r\n") == value(b"q", b"a")
+    reply = writer.ask(set_req(b"q", b"x") + b"version\r\n")
+    assert reply.startswith(b"SERVER_ERROR") and reply.count(b"\r\n") == 1
+    assert writer.closing
+
+
+def parse_stats(reply: bytes) -> list[tuple[str, str]]:
+    lines = reply.decode("latin-1").split("\r\n")
+    assert lines[-2:] == ["END", ""]
+    pairs = []
+    for line in lines[:-2]:
+        stat, name, val = line.split(" ", 2)
+        assert stat == "STAT"
+        pairs.append((name, val))
+    return pairs
+
+
+GLOBAL_KEYS = [
+    "uptime",
+    "time",
+    "version",
+    "curr_items",
+    "total_items",
+    "bytes",
+    "reserved_memory_ratio",
+    "curr_connections",
+    "total_connections",
+    "cmd_get",
+    "cmd_set",
+    "cmd_peek",
+    "get_hits",
+    "get_misses",
+    "bytes_read",
+    "bytes_written",
+    "queue_creates",
+    "queue_deletes",
+    "queue_expires",
+]
+QUEUE_KEYS = [
+    "items",
+    "bytes",
+    "total_items",
+    "logsize",
+    "expired_items",
+    "mem_items",
+    "mem_bytes",
+    "age",
+    "discarded",
+    "waiters",
+    "open_transactions",
+    "transactions",
+    "canceled_transactions",
+    "total_flushes",
+    "journal_rewrites",
+    "journal_rotations",
+    "create_time",
+    "age_msec",
+    "oldest_item_age_ms",
+]
+
+
+def test_stats(kp: MakeHarness) -> None:
+    h = kp()
+    conn, other = h.connect(), h.connect()
+    sent = b""
+    received = b""
+    for request in (
+        set_req(b"q", b"aaa") + set_req(b"q", b"bb") + set_req(b"q", b"c"),
+        b"get q\r\n",  # hit
+        b"get q/peek\r\n",  # peek hit
+        b"get q/open\r\n",  # hit, held
+        b"get empty\r\n",  # miss, creates `empty`
+        b"set q 0 0 1 noreply\r\nd\r\n",
+    ):
+        sent += request
+        received += conn.ask(request)
+    other.lose()
+    sent += b"stats\r\n"
+    reply = conn.ask(b"stats\r\n")
+    pairs = parse_stats(reply)
+    names = [name for name, _ in pairs]
+    per_queue = [f"queue_empty_{key}" for key in QUEUE_KEYS] + [
+        f"queue_q_{key}" for key in QUEUE_KEYS
+    ]
+    assert names == GLOBAL_KEYS + per_queue
+    stats = dict(pairs)
+    assert stats["version"] == "kestrelpy-" + __version__
+    assert stats["reserved_memory_ratio"] == "0.000"
+    expected = {
+        "curr_items": "2",  # c, d waiting; bb is open, aaa taken
+        "total_items": "4",
+        "bytes": "2",
+        "curr_connections": "1",
+        "total_connections": "2",
+        "cmd_get": "3",
+        "cmd_set": "4",
+        "cmd_peek": "1",
+        "get_hits": "3",
+        "get_misses": "1",
+        "bytes_read": str(len(sent)),
+        "bytes_written": str(len(received)),
+        "queue_creates": "2",
+        "queue_deletes": "0",
+        "queue_q_items": "2",
+        "queue_q_bytes": "2",
+        "queue_q_total_items": "4",
+        "queue_q_mem_items": "2",
+        "queue_q_mem_bytes": "2",
+        "queue_q_open_transactions": "1",
+        "queue_q_transactions": "1",
+        "queue_q_canceled_transactions": "0",
+        "queue_q_waiters": "0",
+        "queue_q_discarded": "0",
+        "queue_q_expired_items": "0",
+        "queue_empty_items": "0",
+        "queue_empty_age": "0",
+        "queue_empty_age_msec": "0",
+    }
+    assert {key: stats[key] for key in expected} == expected
+
+
+def test_stats_lists_fanout_children(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    conn.ask(b"get p+b\r\nget p+a\r\n")
+    conn.ask(set_req(b"p", b"x"))
+    stats = dict(parse_stats(conn.ask(b"stats\r\n")))
+    assert stats["queue_p_children"] == "p+a,p+b"
+    assert stats["queue_p+a_items"] == stats["queue_p+b_items"] == stats["queue_p_items"] == "1"
+
+
+def test_connection_asks_for_tcp_nodelay(kp: MakeHarness) -> None:
+    assert kp().connect().transport.tcp_nodelay is True
+
+
+def test_connection_counters(kp: MakeHarness) -> None:
+    h = kp()
+    first, second = h.connect(), h.connect()
+    assert (h.ctx.stats.curr_connections, h.ctx.stats.total_connections) == (2, 2)
+    first.lose()
+    second.lose()
+    assert (h.ctx.stats.curr_connections, h.ctx.stats.total_connections) == (0, 2)
+
+
+def test_abort_wakes_a_blocked_reader(kp: MakeHarness) -> None:
+    h = kp()
+    owner, reader = h.connect(), h.connect()
+    fill(owner, b"q", b"a")
+    owner.ask(b"get q/open\r\n")
+    assert reader.ask(b"get q/t=500\r\n") == b""
+    assert owner.ask(b"get q/abort\r\n") == b"END\r\n"
+    assert reader.take() == value(b"q/t=500", b"a")
+    assert queue_stat(h, "q", "items") == 0
+
+
+def test_blocked_reader_output_waits_behind_its_own_pending_stored(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    reader.send(set_req(b"r", b"mine") + b"get q/t=500\r\n")
+    writer.send(set_req(b"q", b"x"))  # wakes the reader in the same turn
+    assert reader.take() == b""  # its VALUE may not overtake its own STORED
+    h.settle()
+    assert reader.take() == b"STORED\r\n" + value(b"q/t=500", b"x")
+    assert writer.take() == b"STORED\r\n"
+
+
+def test_close_after_delete_does_not_touch_a_new_queue_of_that_name(kp: MakeHarness) -> None:
+    h = kp()
+    owner, admin = h.connect(), h.connect()
+    fill(owner, b"q", b"old")
+    assert owner.ask(b"get q/open\r\n") == value(b"q/open", b"old")
+    assert admin.ask(b"delete q\r\n") == b"DELETED\r\n"
+    fill(admin, b"q", b"new")  # a new queue q; its first item reuses the old item's id
+    assert owner.ask(b"get q/close\r\n") == b"END\r\n"
+    assert queue_stat(h, "q", "open_transactions") == 0
+    assert queue_stat(h, "q", "items") == 1
+    h.restart()
+    assert drain(h.connect(), b"q") == [b"new"]
+
+
+def test_disconnect_after_delete_does_not_revive_the_old_item(kp: MakeHarness) -> None:
+    h = kp()
+    owner, admin = h.connect(), h.connect()
+    fill(owner, b"q", b"old")
+    owner.ask(b"get q/open\r\n")
+    assert admin.ask(b"delete q\r\n") == b"DELETED\r\n"
+    fill(admin, b"q", b"new")
+    owner.lose()
+    assert queue_stat(h, "q", "open_transactions") == 0
+    assert queue_stat(h, "q", "canceled_transactions") == 0
+    assert drain(admin, b"q") == [b"new"]
