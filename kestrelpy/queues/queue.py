@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from twisted.logger import Logger
+
 from kestrelpy.config import QueueConfig
 from kestrelpy.storage.lmdb_store import LmdbStore, StoredItem
 
@@ -57,6 +59,8 @@ class Queue:
     ``items``/``bytes`` count items waiting (not those open on a connection); ``bytes``
     counts payload only.
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -122,6 +126,8 @@ class Queue:
             self._store.put(self.queue_id, item_id, flags, expiry_ms, now_ms, data)
         item = Item(item_id, flags, expiry_ms, now_ms, data)
         self.total_items += 1
+        if config.enable_trace:
+            self._trace("put", item)
         if self._waiters and self._hand_to_waiter(item, now_ms):
             if self._disk_from == item_id:
                 self._disk_from = item_id + 1  # it never waited, so it must not be read back
@@ -163,6 +169,8 @@ class Queue:
         """Remove and return the head; its removal rides the next commit."""
         item = self._pop_head(now_ms)
         if item is not None:
+            if self.config.enable_trace:
+                self._trace("take", item)
             self._consume(item)
             self.age_ms = max(now_ms - item.added_ms, 0)
         return item
@@ -173,6 +181,8 @@ class Queue:
             self.expire_leases(now_ms)
         item = self._pop_head(now_ms)
         if item is not None:
+            if self.config.enable_trace:
+                self._trace("open", item)
             self.open_transactions += 1
             self.open_bytes += len(item.data)
             self.transactions += 1
@@ -203,6 +213,8 @@ class Queue:
         """Confirm an open item: now it is gone for good."""
         self.open_transactions -= 1
         self.open_bytes -= len(item.data)
+        if self.config.enable_trace:
+            self._trace("close", item)
         self._consume(item)
 
     def abort_open(self, item: Item, now_ms: int) -> None:
@@ -210,6 +222,8 @@ class Queue:
         self.open_transactions -= 1
         self.open_bytes -= len(item.data)
         self.canceled_transactions += 1
+        if self.config.enable_trace:
+            self._trace("abort", item)
         if self.deleted:
             return
         if self._waiters and self._hand_to_waiter(item, now_ms):
@@ -219,6 +233,16 @@ class Queue:
         self._cache.appendleft(item)
         self._cache_bytes += len(item.data)
         self._budget.used += len(item.data)
+
+    def _trace(self, operation: str, item: Item) -> None:
+        """enable_trace: one log line per operation on this queue (debugging aid)."""
+        self._log.info(
+            "trace {queue} {operation} id={item_id} bytes={size}",
+            queue=self.name,
+            operation=operation,
+            item_id=item.item_id,
+            size=len(item.data),
+        )
 
     def _consume(self, item: Item) -> None:
         if self.config.keep_journal:
