@@ -131,12 +131,12 @@ class QueueCollection:
             for child in children.values():
                 child.put(flags, expiry, data, now_ms)
         queue = self._queues.get(name) or self.get_or_create(name)
-        if queue.config.fanout_only and children:
-            return True
+        if queue.config.fanout_only and "+" not in name:
+            return True  # a fanout-only parent keeps nothing, yet says STORED; children ignore it
         return queue.put(flags, expiry, data, now_ms)
 
     def _expired(self, queue: Queue, item: Item) -> None:
-        target = queue.config.expire_to_queue
+        target = queue.expire_to_queue
         if target and target != queue.name:
             self._put_one(target, item.flags, 0, item.data, item.added_ms)
 

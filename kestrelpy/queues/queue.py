@@ -81,6 +81,7 @@ class Queue:
         self.name = name
         self.queue_id = queue_id
         self.config = config
+        self.expire_to_queue = config.expire_to_queue  # bound at creation, as Kestrel
         self.create_time = create_time
         self._store = store
         self._budget = budget
