@@ -171,6 +171,7 @@ class LmdbStore:
         self._meta_db = self._env.open_db(b"meta")
         self._env_lock = threading.Lock()  # map resizes vs. reactor-thread read transactions
         self._next_qid = self._read_next_qid()
+        self._counters: dict[int, tuple[int, int]] = self._read_counters()
         self._ticket = 0
         self._pending = _Batch(ticket=0)
         self._in_flight: _Batch | None = None
@@ -200,6 +201,7 @@ class LmdbStore:
                 head, tail = _id_range(txn, self._items_db, qid)
                 counters = txn.get(_COUNTER_PREFIX + _U32.pack(qid), db=self._meta_db)
                 items, size = _COUNTERS.unpack(counters) if counters else (0, 0)
+                self._counters[qid] = (items, size)
                 name = bytes(raw_name).decode("latin-1")
                 records.append(QueueRecord(name, qid, created, head, tail, items, size))
         return records
@@ -435,7 +437,7 @@ class LmdbStore:
         for _attempt in range(16):
             try:
                 with self._env.begin(write=True) as txn:
-                    self._apply(txn, batch)
+                    counter_updates = self._apply(txn, batch)
             except lmdb.MapFullError:
                 try:
                     self._grow_map()
@@ -444,6 +446,11 @@ class LmdbStore:
                 continue
             except lmdb.Error as err:
                 return _store_error(err)
+            for qid, counts in counter_updates:
+                if counts is None:
+                    self._counters.pop(qid, None)
+                else:
+                    self._counters[qid] = counts
             if self._sync == "periodic":
                 self._dirty_since_sync.set()
             return None
@@ -462,46 +469,57 @@ class LmdbStore:
             _reserve(self._path, new_size)
             self._env.set_mapsize(new_size)
 
-    def _apply(self, txn: Any, batch: _Batch) -> None:
+    def _apply(self, txn: Any, batch: _Batch) -> list[tuple[int, tuple[int, int] | None]]:
+        """Stage a batch in ``txn``; returns the counter values to remember once committed.
+
+        Counters are cached (``_counters``) so a commit writes them without reading them
+        back; only this thread (the writer, or the reactor under inline commits) uses it.
+        """
+        counter_updates: list[tuple[int, tuple[int, int] | None]] = []
         deltas: dict[int, list[int]] = {}
         items, meta = self._items_db, self._meta_db
         dropped_ids: set[int] = set()
         if batch.dropped_queues or batch.new_queues or batch.next_qid is not None:
             dropped_ids = self._apply_registry(txn, batch)
-        unpack_qid = _U32.unpack_from
-        put = txn.put
-        for key, value in batch.puts.items():
-            qid = unpack_qid(key)[0]
-            if qid in dropped_ids:
-                continue
-            if put(key, value, db=items):
-                delta = deltas.get(qid)
+        puts = batch.puts
+        if puts:
+            # Ids are fresh, so every put adds a key: count in Python, write in one C call.
+            unpack_qid = _U32.unpack_from
+            for key, value in puts.items():
+                delta = deltas.get(unpack_qid(key)[0])
                 if delta is None:
-                    delta = deltas[qid] = [0, 0]
+                    delta = deltas[unpack_qid(key)[0]] = [0, 0]
                 delta[0] += 1
                 delta[1] += len(value) - _HEADER_SIZE
-        for key, size in batch.deletes.items():
-            if txn.delete(key, db=items):
-                delta = deltas.setdefault(_U32.unpack_from(key)[0], [0, 0])
-                delta[0] -= 1
-                delta[1] -= size
+            txn.cursor(items).putmulti(puts.items())
+        if batch.deletes:
+            delete = txn.delete
+            for key, size in batch.deletes.items():
+                if delete(key, b"", items):
+                    delta = deltas.setdefault(_U32.unpack_from(key)[0], [0, 0])
+                    delta[0] -= 1
+                    delta[1] -= size
         for qid, from_id, below in batch.truncations:
             count, size = _delete_range(txn, items, qid, from_id, below)
             delta = deltas.setdefault(qid, [0, 0])
             delta[0] -= count
             delta[1] -= size
+        counters = self._counters
         for qid, (count, size) in deltas.items():
             if qid in dropped_ids or (count == 0 and size == 0):
                 continue
-            counter_key = _COUNTER_PREFIX + _U32.pack(qid)
-            old = txn.get(counter_key, db=meta)
-            old_count, old_size = _COUNTERS.unpack(old) if old else (0, 0)
-            txn.put(counter_key, _COUNTERS.pack(old_count + count, old_size + size), db=meta)
+            old_count, old_size = counters.get(qid, (0, 0))
+            new = (old_count + count, old_size + size)
+            txn.put(_COUNTER_PREFIX + _U32.pack(qid), _COUNTERS.pack(*new), db=meta)
+            counter_updates.append((qid, new))
+        for qid in dropped_ids:
+            counter_updates.append((qid, None))
         for name, record in batch.records.items():
             if record is None:
                 txn.delete(_RECORD_PREFIX + name, db=meta)
             else:
                 txn.put(_RECORD_PREFIX + name, record, db=meta)
+        return counter_updates
 
     def _apply_registry(self, txn: Any, batch: _Batch) -> set[int]:
         """Queue deletions and creations; returns the ids of queues deleted."""
@@ -515,6 +533,17 @@ class LmdbStore:
         if batch.next_qid is not None:
             txn.put(_NEXT_QID_KEY, _U32.pack(batch.next_qid), db=meta)
         return set(batch.dropped_queues.values())
+
+    def _read_counters(self) -> dict[int, tuple[int, int]]:
+        counters: dict[int, tuple[int, int]] = {}
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._meta_db)
+            if cursor.set_range(_COUNTER_PREFIX):
+                for key, value in cursor:
+                    if not key.startswith(_COUNTER_PREFIX) or len(key) != 5:
+                        break
+                    counters[_U32.unpack_from(key, 1)[0]] = _COUNTERS.unpack(value)
+        return counters
 
     def _read_next_qid(self) -> int:
         with self._env.begin() as txn:
