@@ -22,6 +22,7 @@ _CRLF = b"\r\n"
 _STORAGE_VERBS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
 _INT = re.compile(rb"-?[0-9]{1,19}\Z")
+_GOOD_KEYS_MAX = 256
 
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
@@ -109,6 +110,7 @@ class MemcacheParser:
         self._chunks: list[bytes] = []
         self._chunk_bytes = 0
         self._pending_set: tuple[bytes, list[bytes], int] | None = None  # verb, tokens, size
+        self._good_keys: set[bytes] = set()
         self.closed = False
         self.bytes_read = 0
 
@@ -157,6 +159,20 @@ class MemcacheParser:
             while len(tokens) > 1 and not tokens[-1]:
                 tokens.pop()  # trailing spaces are dropped, as Kestrel does
             verb = tokens[0]
+            if verb == b"set" and len(tokens) > 4 and tokens[1] in self._good_keys:
+                # Fast path: the common "set <known key> 0 0 <n>" with its block all here.
+                block_end = pos + int(tokens[4]) if tokens[4].isdigit() else -1
+                if (
+                    pos <= block_end <= pos + self._item_size_max
+                    and data[block_end : block_end + 2] == _CRLF
+                    and tokens[2] == b"0"
+                    and tokens[3] == b"0"
+                    and len(tokens) < 7
+                ):
+                    noreply = len(tokens) == 6 and self._honor_noreply and tokens[5] == b"noreply"
+                    requests.append(Store(tokens[1], 0, 0, data[pos:block_end], noreply))
+                    pos = block_end + 2
+                    continue
             if verb != b"get" and verb != b"set":
                 verb = verb.lower()  # commands are case-insensitive; names are not
             if verb == b"get" or verb == b"gets":
@@ -174,10 +190,18 @@ class MemcacheParser:
         if len(tokens) < 2:
             return self._invalid(b"CLIENT_ERROR missing key", close=False)
         key = tokens[1]
-        reason = key_problem(key)
-        if reason is not None:
-            return self._invalid(b"CLIENT_ERROR " + reason, close=not key)
+        if key not in self._good_keys:
+            reason = key_problem(key)
+            if reason is not None:
+                return self._invalid(b"CLIENT_ERROR " + reason, close=not key)
+            self._remember_key(key)
         return Retrieve(key, with_cas)
+
+    def _remember_key(self, key: bytes) -> None:
+        """Keys repeat on a connection: validate each once (a small, bounded set)."""
+        if len(self._good_keys) >= _GOOD_KEYS_MAX:
+            self._good_keys.clear()
+        self._good_keys.add(key)
 
     def _start_store(
         self, verb: bytes, tokens: list[bytes], data: bytes, pos: int, requests: list[Request]
@@ -220,9 +244,11 @@ class MemcacheParser:
         if verb != b"set":
             return Invalid(self._error_line(ERROR[:-2]), False, noreply)
         key, raw_flags, raw_exptime = tokens[1], tokens[2], tokens[3]
-        reason = key_problem(key)
-        if reason is not None:
-            return Invalid(self._error_line(b"CLIENT_ERROR " + reason), False, noreply)
+        if key not in self._good_keys:
+            reason = key_problem(key)
+            if reason is not None:
+                return Invalid(self._error_line(b"CLIENT_ERROR " + reason), False, noreply)
+            self._remember_key(key)
         flags = 0 if raw_flags == b"0" else _parse_int(raw_flags)
         if flags is None or not 0 <= flags <= _MAX_FLAGS:
             return Invalid(self._error_line(b"CLIENT_ERROR bad flags"), False, noreply)
