@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from kestrelpy import __version__
 from kestrelpy.config import STATUSES, Config, ServerConfig, dump_config_lines
 from kestrelpy.queues.collection import QueueCollection
+from kestrelpy.queues.deadlines import Deadline, Deadlines
 from kestrelpy.queues.queue import OPEN, PEEK, TAKE, Item, Queue, Waiter
 from kestrelpy.stats import ServerStats
 from kestrelpy.wire.memcache import (
@@ -73,6 +74,7 @@ class ServerContext:
     store_bytes: Callable[[], int]
     shutdown: Callable[[], None]
     reload: Callable[[], Config]
+    deadlines: Deadlines
     status: str = "up"
     set_status: Callable[[str], None] = lambda status: None
     sessions: set[Session] = field(default_factory=set)
@@ -111,7 +113,7 @@ class Session:
         self._key_cache: dict[bytes, GetOptions] = {}
         self._waiter: Waiter | None = None
         self._waiting_queue: Queue | None = None
-        self._wait_timer: Any = None  # IDelayedCall while blocked
+        self._wait_timer: Deadline | None = None  # while blocked
         self._wait_key = b""
         self._wait_cas = False
         self._monitor_left = 0  # items a blocked ``monitor`` may still open
@@ -239,7 +241,7 @@ class Session:
         self._wait_key = request.key
         self._wait_cas = request.with_cas
         self._waiter = queue.add_waiter(mode, self._delivered, self.queue_deleted)
-        self._wait_timer = self._ctx.clock.callLater(wait_ms / 1000.0, self._timed_out)
+        self._wait_timer = self._ctx.deadlines.add(wait_ms, self._timed_out)
 
     def _delivered(self, item: Item) -> None:
         """A put (or abort) handed this blocked reader an item."""
@@ -490,7 +492,7 @@ class Session:
         self._monitor_left = room
         self._waiting_queue = queue
         self._waiter = queue.add_waiter(OPEN, self._monitor_delivered, self.queue_deleted)
-        self._wait_timer = self._ctx.clock.callLater(seconds, self._timed_out)
+        self._wait_timer = self._ctx.deadlines.add(seconds * 1000, self._timed_out)
         return BLOCKED
 
     def _monitor_value(self, queue: Queue, item: Item) -> bytes:

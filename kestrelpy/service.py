@@ -19,6 +19,7 @@ from kestrelpy import __version__
 from kestrelpy.config import STATUSES, Config, load_config
 from kestrelpy.handler import ServerContext, now_ms
 from kestrelpy.queues.collection import QueueCollection
+from kestrelpy.queues.deadlines import Deadlines
 from kestrelpy.server import MemcacheFactory
 from kestrelpy.stats import ServerStats
 from kestrelpy.storage.lmdb_store import LmdbStore
@@ -96,6 +97,7 @@ class KestrelService(MultiService):
             store_bytes=self.store.store_bytes,
             shutdown=self._shutdown,
             reload=self.reload,
+            deadlines=Deadlines(reactor),
         )
         status_file = server.status_file or server.data_dir / ".status"
         self.status = StatusKeeper(

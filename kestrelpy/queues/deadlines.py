@@ -1,0 +1,86 @@
+"""Timeouts of blocked reads, with one reactor timer for all of them.
+
+A flood of consumers in ``get q/t=250`` creates and cancels a timeout for nearly every
+read; a reactor ``DelayedCall`` each (a heap push, and a heap rebuild every so many
+cancellations) costs more than the read. Reads that wait the same time expire in the
+order they started, so each distinct wait length is one FIFO lane, and only the
+earliest lane head needs a reactor timer. Cancelling is O(1) (a flag); cancelled
+entries are dropped when they reach their lane's head. Idle: no timer at all.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+
+class Deadline:
+    """One pending timeout; the same ``active``/``cancel`` shape as a DelayedCall."""
+
+    __slots__ = ("_live", "callback", "due")
+
+    def __init__(self, due: float, callback: Callable[[], None]) -> None:
+        self.due = due
+        self.callback = callback
+        self._live = True
+
+    def active(self) -> bool:
+        return self._live
+
+    def cancel(self) -> None:
+        self._live = False
+
+
+class Deadlines:
+    """All blocked-read timeouts of a server. Reactor thread only."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._lanes: dict[int, deque[Deadline]] = {}
+        self._timer: Any = None  # the one IDelayedCall, for the earliest head
+        self._timer_due = float("inf")
+
+    def add(self, wait_ms: int, callback: Callable[[], None]) -> Deadline:
+        """Call ``callback`` in ``wait_ms`` unless cancelled first."""
+        due = self._clock.seconds() + wait_ms / 1000.0
+        deadline = Deadline(due, callback)
+        lane = self._lanes.get(wait_ms)
+        if lane is None:
+            lane = self._lanes[wait_ms] = deque()
+        lane.append(deadline)
+        if due < self._timer_due:
+            self._arm(due)
+        return deadline
+
+    def _arm(self, due: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self._clock.callLater(max(due - self._clock.seconds(), 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_due = float("inf")
+        now = self._clock.seconds()
+        expired: list[Deadline] = []
+        earliest = float("inf")
+        for wait_ms in list(self._lanes):
+            lane = self._lanes[wait_ms]
+            while lane and (lane[0].due <= now or not lane[0].active()):
+                deadline = lane.popleft()
+                if deadline.active():
+                    deadline.cancel()
+                    expired.append(deadline)
+            if lane:
+                earliest = min(earliest, lane[0].due)
+            else:
+                del self._lanes[wait_ms]
+        if earliest != float("inf"):
+            self._arm(earliest)
+        for deadline in expired:
+            deadline.callback()
+
+    def pending(self) -> int:
+        """Entries still held (live or cancelled but not yet dropped): for tests."""
+        return sum(len(lane) for lane in self._lanes.values())
