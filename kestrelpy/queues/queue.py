@@ -23,6 +23,8 @@ Item = StoredItem  # (item_id, flags, expiry_ms, added_ms, data)
 
 TAKE, OPEN, PEEK = 0, 1, 2
 _COMPACT_SLACK = 64
+_LARGE_ITEM = 64 * 1024  # payload bytes above which an item is cached only at the head
+_REFILL_BYTES = 1024 * 1024  # one refill reads this much payload (at least one item)
 
 
 class CacheBudget:
@@ -139,12 +141,18 @@ class Queue:
         return True
 
     def _remember(self, item: Item) -> None:
-        """Keep a new tail item in memory while the window has room, else only on disk."""
+        """Keep a new tail item in memory while the window has room, else only on disk.
+
+        A large item is kept only when it is next in line: a backlog of MiB items then
+        waits on disk instead of piling up in Python.
+        """
         if self._disk_from == item.item_id:
             budget = self._budget
             size = len(item.data)
             if (
-                len(self._cache) < self._read_ahead_items and budget.used + size <= budget.limit
+                len(self._cache) < self._read_ahead_items
+                and budget.used + size <= budget.limit
+                and (size <= _LARGE_ITEM or not self._cache)
             ) or not self.config.keep_journal:  # a memory-only queue has no disk to spill to
                 self._cache.append(item)
                 self._cache_bytes += size
@@ -295,7 +303,7 @@ class Queue:
 
     def _refill(self) -> bool:
         budget = self._budget
-        room = max(budget.limit - budget.used, 64 * 1024)
+        room = min(max(budget.limit - budget.used, _LARGE_ITEM), _REFILL_BYTES)
         found = self._store.read_items(
             self.queue_id, self._disk_from, self._tail, self._read_ahead_items, room
         )
