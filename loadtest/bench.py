@@ -1,0 +1,593 @@
+"""bench: the standard load scenarios against kestrelpy (each sync policy) and memcached.
+
+``make bench`` runs this. For every server it starts a fresh process per scenario (so memory
+and store sizes are not inherited from the previous scenario), pins the server to one CPU and
+the load tools to another (``--server-cpu``/``--load-cpu``), runs the tool with ``--json``
+and writes ``loadtest/RESULTS.md``: one table of scenario x server with throughput ratios to
+memcached, plus the machine, the Python version, the git commit and the date. A server that
+does not start is reported as "failed to start" and the others still run.
+
+Sizes and counts are documented in loadtest/README.md; ``--full`` packs 1M items instead of
+200k, ``--quick`` shrinks everything for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest._proc import cpu_model, raise_fd_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMCACHED = "/usr/bin/memcached"
+LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+START_TIMEOUT_S = 30.0
+MB = 1024 * 1024
+
+SYNC_CONFIGS = {
+    "always": '[server]\nsync = "always"\n',
+    "periodic": '[server]\nsync = "periodic"\nsync_interval_ms = 50\n',
+}
+
+
+class StartError(Exception):
+    """A server did not come up; the message says why (exit status, last log lines)."""
+
+
+@dataclass
+class Server:
+    """A running server under test, started and stopped by us (by pid, never by name)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    data_dir: Path | None = None
+    log_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s (a durable server may flush on shutdown)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _pinner(cpu: int | None) -> Callable[[], None] | None:
+    """A preexec_fn pinning the child before exec, so every thread it starts inherits it."""
+    if cpu is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def _venv_python() -> str:
+    candidate = ROOT / ".venv" / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def start_kestrelpy(sync: str, cpu: int | None, command: Sequence[str]) -> Server:
+    """``kestrelpy serve --port 0`` on a fresh data dir; the port comes from its log line."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"kpbench-{sync}-"))
+    config = workdir / "server.conf"
+    config.write_text(SYNC_CONFIGS[sync], encoding="utf-8")
+    data_dir = workdir / "data"
+    log_path = workdir / "server.log"
+    argv = [*command, "serve", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--data-dir", str(data_dir), "--config", str(config)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_pinner(cpu), cwd=workdir
+        )
+    try:
+        port = _wait_for_port(proc, log_path, START_TIMEOUT_S)
+    except StartError:
+        Server(f"kestrelpy-{sync}", proc, 0, workdir).stop()
+        raise
+    return Server(f"kestrelpy-{sync}", proc, port, workdir, data_dir, log_path)
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> int:
+    """Read the server's log until its "listening on 127.0.0.1:PORT" line (bounded).
+
+    The log goes to a file, not a pipe: a pipe nobody reads would block a chatty server.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_bytes()
+        match = LISTENING.search(text)
+        if match:
+            return int(match.group(1))
+        if proc.poll() is not None:
+            tail = text.decode("utf-8", "replace").strip().splitlines()[-3:]
+            raise StartError(
+                f"exited with status {proc.returncode}: " + (" | ".join(tail) or "no output")
+            )
+        time.sleep(0.05)  # polling a log file: no event to wait on
+    raise StartError(f"no 'listening on' line within {timeout:g} s")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (memcached cannot report the one it picked)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_memcached(cpu: int | None, clients: int) -> Server:
+    """``memcached -t 1`` on a free loopback port, sized for the idle-readers scenario."""
+    workdir = Path(tempfile.mkdtemp(prefix="kpbench-memcached-"))
+    port = free_port()
+    argv = [MEMCACHED, "-t", "1", "-p", str(port), "-l", "127.0.0.1", "-U", "0"]
+    argv += ["-c", str(clients + 1024), "-I", "2m"]  # 1 MiB items need a 2 MB item limit
+    if os.geteuid() == 0:
+        argv += ["-u", "root"]  # memcached refuses to run as root without it
+    log_path = workdir / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_pinner(cpu))
+    server = Server("memcached", proc, port, workdir, None, log_path)
+    try:
+        wait_until_accepting(proc, port, START_TIMEOUT_S)
+    except StartError:
+        server.stop()
+        raise
+    return server
+
+
+def wait_until_accepting(proc: subprocess.Popen[bytes], port: int, timeout: float) -> None:
+    """Connect until the server accepts (bounded); fail early if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StartError(f"exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            time.sleep(0.02)  # not listening yet
+    raise StartError(f"not accepting on port {port} within {timeout:g} s")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the results table: where the number is in the tool's JSON, how to show it."""
+
+    label: str
+    path: tuple[str, ...]
+    unit: str = ""
+    scale: float = 1.0
+    ratio: bool = False  # throughput: show the ratio to memcached
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    tool: str
+    args: tuple[str, ...]
+    metrics: tuple[Metric, ...]
+    budget_s: float  # the tool's subprocess is killed after this long
+    server_pid: bool = False
+    data_dir: bool = False
+
+
+def scenarios(full: bool, quick: bool) -> list[Scenario]:
+    """The standard set. Counts are in loadtest/README.md; keep the two in step."""
+    run_s = "3" if quick else "10"
+    pack = "20000" if quick else "1000000" if full else "200000"
+    idle = "1000" if quick else "10000"
+    ops = Metric("set+get ops/s", ("ops", "total", "ops_per_s"), "ops/s", ratio=True)
+    p99_set = Metric("set p99", ("ops", "set", "latency", "p99_ms"), "ms")
+    p99_get = Metric("get p99", ("ops", "get", "latency", "p99_ms"), "ms")
+    flood = ("--items", "3000000", "--size", "64", "--duration", run_s)
+    return [
+        Scenario(
+            "flood10",
+            "flood, 10 conns (5+5), 64 B",
+            "flood",
+            (*flood, "-P", "5", "-C", "5"),
+            (ops, p99_set, p99_get),
+            180,
+        ),
+        Scenario(
+            "flood100",
+            "flood, 100 conns (50+50), 64 B",
+            "flood",
+            (*flood, "-P", "50", "-C", "50"),
+            (ops, p99_set, p99_get),
+            180,
+        ),
+        Scenario(
+            "fairness",
+            "fairness, 10 x 64 B sets vs 10 x 1 MiB",
+            "fairness",
+            ("--duration", run_s),
+            (
+                Metric("small set p99", ("ops", "small_set", "latency", "p99_ms"), "ms"),
+                Metric("small set p99.9", ("ops", "small_set", "latency", "p999_ms"), "ms"),
+                Metric("big MiB/s", ("big_mb_per_s",), "MiB/s", ratio=True),
+                Metric("server peak RSS", ("server_memory", "rss_peak_sampled"), "MiB", 1 / MB),
+            ),
+            240,
+            server_pid=True,
+        ),
+        Scenario(
+            "packing",
+            f"packing, {int(pack):,} x 64 B",
+            "packing",
+            ("--items", pack, "--duration", "900"),
+            (
+                Metric("fill items/s", ("fill", "items_per_s"), "items/s", ratio=True),
+                Metric("drain items/s", ("drain", "items_per_s"), "items/s", ratio=True),
+                Metric("RSS after fill", ("server_state", "after_fill", "rss"), "MiB", 1 / MB),
+                Metric(
+                    "RssAnon after fill", ("server_state", "after_fill", "rss_anon"), "MiB", 1 / MB
+                ),
+                Metric("store after fill", ("server_state", "after_fill", "store"), "MiB", 1 / MB),
+            ),
+            1200,
+            server_pid=True,
+            data_dir=True,
+        ),
+        Scenario(
+            "many_clients",
+            "many_clients, 2000 blocked readers, 2000 items/s",
+            "many_clients",
+            (
+                "--clients",
+                "2000",
+                "--items",
+                "2000" if quick else "10000",
+                "--rate",
+                "2000",
+                "--duration",
+                "60",
+            ),
+            (
+                Metric("delivery p50", ("delivery", "p50_ms"), "ms"),
+                Metric("delivery p99", ("delivery", "p99_ms"), "ms"),
+            ),
+            180,
+        ),
+        Scenario(
+            "idle",
+            f"{int(idle):,} idle blocking readers, {run_s} s",
+            "idle_readers",
+            ("--clients", idle, "--hold", run_s, "--wait-ms", "60000"),
+            (
+                Metric("server CPU", ("server_cpu_percent",), "%"),
+                Metric("server RSS", ("rss_during",), "MiB", 1 / MB),
+                Metric("RSS per reader", ("rss_per_client",), "B"),
+            ),
+            240,
+            server_pid=True,
+        ),
+    ]
+
+
+@dataclass
+class Outcome:
+    """One tool run: its JSON report, or why there is none."""
+
+    report: dict[str, Any] | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def check_failed(self) -> bool:
+        return self.report is not None and self.report.get("ok") is False
+
+
+def run_scenario(server: Server, scenario: Scenario, load_cpu: int | None) -> Outcome:
+    """Run one tool against ``server`` as a subprocess; exit 1 still carries a report."""
+    argv = [_venv_python(), "-m", f"loadtest.{scenario.tool}", "--server", server.address]
+    argv += ["--json", "--quiet", *scenario.args]
+    if load_cpu is not None:
+        argv += ["--cpu", str(load_cpu)]
+    if scenario.server_pid:
+        argv += ["--server-pid", str(server.proc.pid)]
+    if scenario.data_dir and server.data_dir is not None:
+        argv += ["--data-dir", str(server.data_dir)]
+    began = time.monotonic()
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, timeout=scenario.budget_s, cwd=ROOT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return Outcome(error=f"timed out after {scenario.budget_s:g} s")
+    seconds = time.monotonic() - began
+    if done.returncode in (0, 1) and done.stdout.strip():
+        return Outcome(json.loads(done.stdout), seconds=seconds)
+    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    return Outcome(error=(lines[-1] if lines else f"exit {done.returncode}"), seconds=seconds)
+
+
+def start_server(name: str, args: argparse.Namespace) -> Server:
+    if name == "memcached":
+        return start_memcached(args.server_cpu, 10_000)
+    sync = name.removeprefix("kestrelpy-")
+    return start_kestrelpy(sync, args.server_cpu, args.kestrelpy_cmd)
+
+
+def run_all(args: argparse.Namespace, plan: list[Scenario]) -> dict[str, dict[str, Outcome]]:
+    """Every scenario on every server, each on a fresh server process."""
+    results: dict[str, dict[str, Outcome]] = {}
+    for name in args.servers:
+        results[name] = {}
+        for scenario in plan:
+            _log(f"{name}: {scenario.key} ...")
+            try:
+                server = start_server(name, args)
+            except (StartError, OSError) as err:
+                _log(f"{name}: failed to start: {err}")
+                for rest in plan:
+                    results[name].setdefault(rest.key, Outcome(error=f"failed to start: {err}"))
+                break
+            try:
+                outcome = run_scenario(server, scenario, args.load_cpu)
+            finally:
+                server.stop()
+            results[name][scenario.key] = outcome
+            _log(f"{name}: {scenario.key} {_status(outcome)} ({outcome.seconds:.1f} s)")
+    return results
+
+
+def _status(outcome: Outcome) -> str:
+    if outcome.error:
+        return f"error: {outcome.error}"
+    return "check FAILED" if outcome.check_failed else "ok"
+
+
+def _log(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _value(outcome: Outcome | None, metric: Metric) -> float | None:
+    if outcome is None or outcome.report is None:
+        return None
+    node: Any = outcome.report
+    for key in metric.path:
+        if not isinstance(node, dict) or node.get(key) is None:
+            return None
+        node = node[key]
+    return float(node) * metric.scale
+
+
+def _number(value: float) -> str:
+    if abs(value) >= 100_000:
+        return f"{value / 1000:,.0f}k"
+    if abs(value) >= 10_000:
+        return f"{value / 1000:.1f}k"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value else "0"
+
+
+def cell(outcome: Outcome | None, metric: Metric, reference: float | None) -> str:
+    """One table cell: the value with its unit, the ratio to memcached, failure marks."""
+    if outcome is None:
+        return "not run"
+    if outcome.report is None:
+        return outcome.error.split(":")[0] if outcome.error.startswith("failed") else "error"
+    value = _value(outcome, metric)
+    if value is None:
+        return "-"
+    text = f"{_number(value)} {metric.unit}".strip()
+    if metric.ratio and reference:
+        text += f" ({value / reference:.2f}x)"
+    if outcome.check_failed:
+        text += " CHECK FAILED"
+    return text
+
+
+def results_table(
+    plan: list[Scenario], servers: list[str], results: dict[str, dict[str, Outcome]]
+) -> str:
+    header = ["scenario", "metric", *(_column(name) for name in servers)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for scenario in plan:
+        for i, metric in enumerate(scenario.metrics):
+            ref = _value(results.get("memcached", {}).get(scenario.key), metric)
+            cells = [cell(results[name].get(scenario.key), metric, ref) for name in servers]
+            title = scenario.title if i == 0 else ""
+            lines.append("| " + " | ".join([title, metric.label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _column(name: str) -> str:
+    return f"kestrelpy ({name.removeprefix('kestrelpy-')})" if name != "memcached" else name
+
+
+def _git(*argv: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def machine() -> dict[str, str]:
+    """What the numbers depend on: CPUs, kernel, Python, memcached, commit, load, date."""
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    if _git("status", "--porcelain"):
+        commit += " (with uncommitted changes)"
+    version = subprocess.run(
+        [
+            _venv_python(),
+            "-c",
+            "import platform; print(platform.python_implementation(), platform.python_version())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout.strip()
+    memcached = ""
+    if os.path.exists(MEMCACHED):
+        memcached = subprocess.run(
+            [MEMCACHED, "-V"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu_model(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": version,
+        "memcached": memcached or "not installed",
+        "commit": commit,
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+
+
+def write_results(
+    path: Path,
+    args: argparse.Namespace,
+    plan: list[Scenario],
+    results: dict[str, dict[str, Outcome]],
+    info: dict[str, str],
+) -> None:
+    pinning = (
+        f"servers on CPU {args.server_cpu}, load tools on CPU {args.load_cpu}"
+        if args.server_cpu is not None
+        else "none (fewer than 2 CPUs)"
+    )
+    text = f"""# Load test results
+
+Written by `make bench` (`python -m loadtest.bench{" --full" if args.full else ""}\
+{" --quick" if args.quick else ""}`); sizes and counts are in `loadtest/README.md`.
+
+- date: {info["date"]}
+- machine: {info["nproc"]} CPUs, {info["cpu"]}, {info["kernel"]}; load average at start \
+{info["loadavg"]}
+- python: {info["python"]}; {info["memcached"]}
+- commit: {info["commit"]}
+- pinning: {pinning}; every scenario on a fresh server process (kestrelpy: fresh data dir)
+
+{results_table(plan, args.servers, results)}
+
+(Nx) is the ratio to memcached `-t 1` in the same run, for throughput rows (higher is better).
+CHECK FAILED marks a run whose exactly-once / lost-item check failed. memcached has no
+blocking reads: in many_clients its readers spin on plain gets, so its "delivery" figures
+(first sighting of each item) are not comparable. Absolute numbers drift between runs and
+machines; compare ratios, as `/work/shared/PERFORMANCE.md` does.
+{_notes(results)}"""
+    path.write_text(text, encoding="utf-8")
+
+
+def _notes(results: dict[str, dict[str, Outcome]]) -> str:
+    """Why cells say "error" or "failed to start" (one line per distinct failure)."""
+    seen: dict[str, list[str]] = {}
+    for name, runs in results.items():
+        for key, outcome in runs.items():
+            if outcome.error:
+                seen.setdefault(f"{name}: {outcome.error}", []).append(key)
+    if not seen:
+        return ""
+    lines = [f"- {what} ({', '.join(keys)})" for what, keys in seen.items()]
+    return "\nErrors:\n\n" + "\n".join(lines) + "\n"
+
+
+def _raw_dump(results: dict[str, dict[str, Outcome]], info: dict[str, str]) -> dict[str, Any]:
+    return {
+        "machine": info,
+        "results": {
+            name: {
+                key: {"report": o.report, "error": o.error, "seconds": round(o.seconds, 1)}
+                for key, o in runs.items()
+            }
+            for name, runs in results.items()
+        },
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="packing with 1,000,000 items")
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    parser.add_argument(
+        "--servers",
+        type=lambda text: [s for s in text.split(",") if s],
+        default=None,
+        help="comma list of kestrelpy-always, kestrelpy-periodic, memcached (default: all)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: text.split(","),
+        default=None,
+        help="comma list of flood10, flood100, fairness, packing, many_clients, idle",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "loadtest" / "RESULTS.md", help="results file"
+    )
+    parser.add_argument(
+        "--raw-output",
+        type=Path,
+        default=ROOT / "loadtest" / "out" / "bench.json",
+        help="every tool's JSON report (default loadtest/out/bench.json, git-ignored)",
+    )
+    parser.add_argument(
+        "--kestrelpy-cmd",
+        type=lambda text: text.split(),
+        default=None,
+        help="command that runs kestrelpy (default: <venv python> -m kestrelpy)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.kestrelpy_cmd = args.kestrelpy_cmd or [_venv_python(), "-m", "kestrelpy"]
+    if args.servers is None:
+        args.servers = ["kestrelpy-always", "kestrelpy-periodic"]
+        args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
+    plan = scenarios(args.full, args.quick)
+    known_servers = [f"kestrelpy-{sync}" for sync in SYNC_CONFIGS] + ["memcached"]
+    unknown = [s for s in args.servers if s not in known_servers]
+    unknown += [k for k in args.scenarios or () if k not in {s.key for s in plan}]
+    if unknown:
+        print(f"bench: unknown server or scenario: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if args.scenarios:
+        plan = [s for s in plan if s.key in args.scenarios]
+    two_cpus = len(os.sched_getaffinity(0)) >= 2
+    args.server_cpu, args.load_cpu = (0, 1) if two_cpus else (None, None)
+    raise_fd_limit(20_000)  # servers inherit it: 10,000 idle readers need the descriptors
+    info = machine()
+    results = run_all(args, plan)
+    write_results(args.output, args, plan, results, info)
+    args.raw_output.parent.mkdir(parents=True, exist_ok=True)
+    args.raw_output.write_text(json.dumps(_raw_dump(results, info), indent=1))
+    _log(f"wrote {args.output} (raw reports in {args.raw_output})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
