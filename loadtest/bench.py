@@ -497,9 +497,22 @@ Written by `make bench` (`python -m loadtest.bench{" --full" if args.full else "
 CHECK FAILED marks a run whose exactly-once / lost-item check failed. memcached has no
 blocking reads: in many_clients its readers spin on plain gets, so its "delivery" figures
 (first sighting of each item) are not comparable. Absolute numbers drift between runs and
-machines; compare ratios, as `/work/shared/PERFORMANCE.md` does.
-{_notes(results)}"""
+machines; compare ratios, as the project's performance reference does.
+{_notes(results)}{_kept_tail(path)}"""
     path.write_text(text, encoding="utf-8")
+
+
+KEEP_MARKER = "<!-- make bench keeps everything below this line -->"
+
+
+def _kept_tail(path: Path) -> str:
+    """Hand-written history (earlier runs, before/after) survives a new bench run."""
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    start = old.find(KEEP_MARKER)
+    return "\n" + old[start:] if start >= 0 else ""
 
 
 def _notes(results: dict[str, dict[str, Outcome]]) -> str:
