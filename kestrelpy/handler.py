@@ -367,14 +367,24 @@ class Session:
             return None
         return request.args[0].decode("latin-1")
 
-    def _cmd_delete(self, request: Command, out: list[Any]) -> int:
+    def _write_target(self, request: Command, out: list[Any], missing: int = DONE) -> str | int:
+        """The queue a write command names, once the status allows writes.
+
+        Otherwise the code the command must return (its error line is already in ``out``).
+        """
         name = self._queue_arg(request, out)
         if name is None:
-            return DONE
+            return missing
         refusal = self._refused(writes=True)
         if refusal is not None:
             out.append(refusal)
             return CLOSE
+        return name
+
+    def _cmd_delete(self, request: Command, out: list[Any]) -> int:
+        name = self._write_target(request, out)
+        if isinstance(name, int):
+            return name
         if name in self._collection.aliases:
             self._reply(request, out, DELETED)
             return DONE
@@ -384,13 +394,9 @@ class Session:
         return WROTE
 
     def _cmd_flush(self, request: Command, out: list[Any]) -> int:
-        name = self._queue_arg(request, out)
-        if name is None:
-            return DONE
-        refusal = self._refused(writes=True)
-        if refusal is not None:
-            out.append(refusal)
-            return CLOSE
+        name = self._write_target(request, out)
+        if isinstance(name, int):
+            return name
         self._collection.flush(name)
         self._reply(request, out, END_DURABLE)
         return WROTE
@@ -405,13 +411,9 @@ class Session:
         return WROTE
 
     def _cmd_flush_expired(self, request: Command, out: list[Any]) -> int:
-        name = self._queue_arg(request, out)
-        if name is None:
-            return CLOSE  # Kestrel drops the connection here
-        refusal = self._refused(writes=True)
-        if refusal is not None:
-            out.append(refusal)
-            return CLOSE
+        name = self._write_target(request, out, missing=CLOSE)  # Kestrel drops it there
+        if isinstance(name, int):
+            return name
         count = self._collection.flush_expired(name, now_ms())
         self._reply(request, out, b"%d\r\n" % count)
         return WROTE

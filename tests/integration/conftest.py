@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -512,3 +513,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             continue
         seen.add(id(srv))
         report.sections.append((f"kestrelpy stderr ({srv.data_dir.name})", srv.stderr_text()))
+
+
+def drain(conn: Any, queue: str) -> list[bytes]:
+    """Every item left in ``queue``, in order, through plain gets on ``conn``."""
+    bodies = []
+    while (body := conn.get(queue)) is not None:
+        bodies.append(body)
+        assert len(bodies) < 1000, "queue never drained"
+    return bodies
+
+
+def module_server(tmp_path_factory: Any, label: str, config: str) -> Iterator[Any]:
+    """Body of a module-scoped fixture: one server with ``config`` for a whole module."""
+    factory = ServerFactory(tmp_path_factory.mktemp(label))
+    yield factory(config)
+    factory.close()

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from .conftest import ServerFactory, wait_until
+from .conftest import drain, module_server, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,17 +50,7 @@ destination_queues = ["mon_alias_dest"]
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    factory = ServerFactory(tmp_path_factory.mktemp("admin"))
-    yield factory(MONITOR_CONFIG)
-    factory.close()
-
-
-def drain(conn, queue: str) -> list[bytes]:
-    bodies = []
-    while (body := conn.get(queue)) is not None:
-        bodies.append(body)
-        assert len(bodies) < 1000, "queue never drained"
-    return bodies
+    yield from module_server(tmp_path_factory, "admin", MONITOR_CONFIG)
 
 
 def monitor_item(queue: str, body: bytes) -> bytes:

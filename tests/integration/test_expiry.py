@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from .conftest import ServerFactory, wait_until
+from .conftest import ServerFactory, drain, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,14 +90,6 @@ def server_wait(conn, ms: int, qname: str) -> None:
     started = time.monotonic()
     assert conn.get(f"{qname}_clock/t={ms}", timeout=ms / 1000 + 5) is None
     assert time.monotonic() - started >= ms / 1000 - 0.05
-
-
-def drain(conn, queue: str) -> list[bytes]:
-    bodies = []
-    while (body := conn.get(queue)) is not None:
-        bodies.append(body)
-        assert len(bodies) < 1000, "queue never drained"
-    return bodies
 
 
 def poll_stats(server, predicate, what: str, timeout: float = 10.0) -> dict[str, str]:

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from .conftest import ServerFactory
+from .conftest import drain, module_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,17 +55,7 @@ destination_queues = ["fanp"]
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    factory = ServerFactory(tmp_path_factory.mktemp("fanout"))
-    yield factory(CONFIG)
-    factory.close()
-
-
-def drain(conn, queue: str) -> list[bytes]:
-    bodies = []
-    while (body := conn.get(queue)) is not None:
-        bodies.append(body)
-        assert len(bodies) < 1000, "queue never drained"
-    return bodies
+    yield from module_server(tmp_path_factory, "fanout", CONFIG)
 
 
 def dump_config(conn, queue: str) -> dict[str, str]:

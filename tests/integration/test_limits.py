@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ServerFactory
+from .conftest import drain, module_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,17 +54,7 @@ max_item_size = "2KB"
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    factory = ServerFactory(tmp_path_factory.mktemp("limits"))
-    yield factory(CONFIG)
-    factory.close()
-
-
-def drain(conn, queue: str) -> list[bytes]:
-    bodies = []
-    while (body := conn.get(queue)) is not None:
-        bodies.append(body)
-        assert len(bodies) < 1000, "queue never drained"
-    return bodies
+    yield from module_server(tmp_path_factory, "limits", CONFIG)
 
 
 def queue_stat(conn, queue: str, key: str) -> str:
