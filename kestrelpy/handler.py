@@ -39,6 +39,7 @@ from kestrelpy.wire.memcache import (
     Request,
     Retrieve,
     Store,
+    key_problem,
     parse_get_key,
     stat_lines,
     value_reply,
@@ -329,10 +330,8 @@ class Session:
             reads.queue.abort_open(reads.items.popleft(), now_ms())
 
     def end(self) -> None:
-        """Connection gone: cancel the wait; open items return to their queues' heads.
-
-        They go back newest first so that they end up in the order they were opened.
-        """
+        """Connection gone: cancel the wait; open items return to their queues' heads,
+        in the order they were opened (PROTOCOL.md §12)."""
         if self.closed:
             return
         self.closed = True
@@ -343,8 +342,8 @@ class Session:
         for reads in self._open.values():
             if reads.queue.deleted:
                 continue
-            while reads.items:
-                reads.queue.abort_open(reads.items.pop(), now)
+            reads.queue.abort_many(list(reads.items), now)
+            reads.items.clear()
         self._open.clear()
 
     # ------------------------------------------------------------------ other commands
@@ -468,6 +467,9 @@ class Session:
             out.append(self._error(b"CLIENT_ERROR usage: monitor <queue> <seconds> [max]"))
             return CLOSE
         name = args[0].decode("latin-1")
+        if key_problem(args[0]) is not None or "/" in name:
+            out.append(self._error(b"CLIENT_ERROR bad queue name"))
+            return DONE
         refusal = self._refused(writes=False)
         if refusal is not None:
             out.append(refusal)

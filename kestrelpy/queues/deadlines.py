@@ -14,22 +14,33 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+_COMPACT_AT = 1024  # cancelled entries tolerated before a compaction is considered
+
+
+def _nothing() -> None:
+    pass
+
 
 class Deadline:
     """One pending timeout; the same ``active``/``cancel`` shape as a DelayedCall."""
 
-    __slots__ = ("_live", "callback", "due")
+    __slots__ = ("_live", "_owner", "callback", "due")
 
-    def __init__(self, due: float, callback: Callable[[], None]) -> None:
+    def __init__(self, due: float, callback: Callable[[], None], owner: Deadlines) -> None:
         self.due = due
         self.callback = callback
+        self._owner = owner
         self._live = True
 
     def active(self) -> bool:
         return self._live
 
     def cancel(self) -> None:
-        self._live = False
+        """O(1); drops the callback at once so a long wait pins no session in memory."""
+        if self._live:
+            self._live = False
+            self.callback = _nothing
+            self._owner.cancelled += 1
 
 
 class Deadlines:
@@ -40,11 +51,14 @@ class Deadlines:
         self._lanes: dict[int, deque[Deadline]] = {}
         self._timer: Any = None  # the one IDelayedCall, for the earliest head
         self._timer_due = float("inf")
+        self.cancelled = 0  # cancelled entries still in lanes
 
     def add(self, wait_ms: int, callback: Callable[[], None]) -> Deadline:
         """Call ``callback`` in ``wait_ms`` unless cancelled first."""
         due = self._clock.seconds() + wait_ms / 1000.0
-        deadline = Deadline(due, callback)
+        deadline = Deadline(due, callback, self)
+        if self.cancelled > _COMPACT_AT and self.cancelled * 2 > self.pending():
+            self._compact()
         lane = self._lanes.get(wait_ms)
         if lane is None:
             lane = self._lanes[wait_ms] = deque()
@@ -52,6 +66,16 @@ class Deadlines:
         if due < self._timer_due:
             self._arm(due)
         return deadline
+
+    def _compact(self) -> None:
+        """Drop cancelled entries (long waits would keep them for their whole length)."""
+        for wait_ms in list(self._lanes):
+            lane = deque(d for d in self._lanes[wait_ms] if d.active())
+            if lane:
+                self._lanes[wait_ms] = lane
+            else:
+                del self._lanes[wait_ms]
+        self.cancelled = 0
 
     def _arm(self, due: float) -> None:
         if self._timer is not None and self._timer.active():
@@ -70,8 +94,10 @@ class Deadlines:
             while lane and (lane[0].due <= now or not lane[0].active()):
                 deadline = lane.popleft()
                 if deadline.active():
-                    deadline.cancel()
                     expired.append(deadline)
+                    deadline._live = False
+                else:
+                    self.cancelled -= 1
             if lane:
                 earliest = min(earliest, lane[0].due)
             else:

@@ -228,20 +228,31 @@ class Queue:
 
     def abort_open(self, item: Item, now_ms: int) -> None:
         """Return an open item to the head, ahead of everything waiting."""
-        self.open_transactions -= 1
-        self.open_bytes -= len(item.data)
-        self.canceled_transactions += 1
-        if self.config.enable_trace:
-            self._trace("abort", item)
-        if self.deleted:
-            return
-        if self._waiters and self._hand_to_waiter(item, now_ms):
-            return
-        self.items += 1
-        self.bytes += len(item.data)
-        self._cache.appendleft(item)
-        self._cache_bytes += len(item.data)
-        self._budget.used += len(item.data)
+        self.abort_many([item], now_ms)
+
+    def abort_many(self, items: list[Item], now_ms: int) -> None:
+        """Return open items (oldest opened first) to the head, keeping their order.
+
+        Blocked readers take them first, oldest first; the rest go back to the head so
+        that the oldest is next in line.
+        """
+        unserved: list[Item] = []
+        for item in items:
+            self.open_transactions -= 1
+            self.open_bytes -= len(item.data)
+            self.canceled_transactions += 1
+            if self.config.enable_trace:
+                self._trace("abort", item)
+            if self.deleted or (self._waiters and self._hand_to_waiter(item, now_ms)):
+                continue
+            unserved.append(item)
+        for item in reversed(unserved):
+            size = len(item.data)
+            self.items += 1
+            self.bytes += size
+            self._cache.appendleft(item)
+            self._cache_bytes += size
+            self._budget.used += size
 
     def _trace(self, operation: str, item: Item) -> None:
         """enable_trace: one log line per operation on this queue (debugging aid)."""

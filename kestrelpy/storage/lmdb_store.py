@@ -48,6 +48,7 @@ _COUNTER_PREFIX = b"c"
 _RECORD_PREFIX = b"r"
 _INITIAL_MAP_SIZE = 16 * 1024 * 1024
 _MAX_MAP_STEP = 1024 * 1024 * 1024  # grow by doubling, but by at most 1 GiB at a time
+_RETRY_PAUSE_S = 0.5
 _LAZY_COMMIT_S = 0.02  # removals alone wait this long for a write to ride along with
 _MAX_ID = 2**64 - 1
 
@@ -101,7 +102,8 @@ class _Batch:
         self.puts: dict[bytes, bytes] = {}
         self.deletes: dict[bytes, int] = {}  # key -> payload size
         self.truncations: list[tuple[int, int, int]] = []  # (queue id, from id, below id)
-        self.dropped_queues: dict[bytes, int] = {}  # name -> queue id
+        # (name, queue id); a list: one name may be deleted, re-created and deleted again
+        self.dropped_queues: list[tuple[bytes, int]] = []
         self.new_queues: dict[bytes, bytes] = {}  # name -> record
         self.records: dict[bytes, bytes | None] = {}
         self.next_qid: int | None = None
@@ -126,10 +128,13 @@ class _Batch:
         for key, size in failed.deletes.items():
             self.deletes.setdefault(key, size)
         self.truncations[:0] = failed.truncations
-        merged_drops = dict(failed.dropped_queues)
-        merged_drops.update(self.dropped_queues)
-        self.dropped_queues = merged_drops
-        merged_new = dict(failed.new_queues)
+        dropped_since = {qid for _name, qid in self.dropped_queues}
+        self.dropped_queues[:0] = failed.dropped_queues
+        merged_new = {
+            name: record
+            for name, record in failed.new_queues.items()
+            if _QUEUE_RECORD.unpack(record)[0] not in dropped_since  # deleted meanwhile
+        }
         merged_new.update(self.new_queues)
         self.new_queues = merged_new
         merged_records = dict(failed.records)
@@ -176,6 +181,7 @@ class LmdbStore:
         self._pending = _Batch(ticket=0)
         self._in_flight: _Batch | None = None
         self._commit_scheduled = False
+        self._backoff = False  # a commit failed: wait _RETRY_PAUSE_S before the next
         self._lazy_commit: Any = None  # IDelayedCall for a removals-only commit
         self._rollback: RollbackHandler | None = None
         self._closed = False
@@ -221,7 +227,7 @@ class LmdbStore:
         batch = self._pending
         encoded = name.encode("latin-1")
         batch.new_queues.pop(encoded, None)
-        batch.dropped_queues[encoded] = queue_id
+        batch.dropped_queues.append((encoded, queue_id))
         prefix = _U32.pack(queue_id)
         for key in [k for k in batch.puts if k.startswith(prefix)]:
             del batch.puts[key]
@@ -371,8 +377,8 @@ class LmdbStore:
     def _commit_turn(self) -> None:
         """End of a reactor turn: commit what this turn staged (or hand it to the writer)."""
         self._commit_scheduled = False
-        if self._pending.is_empty() and not self._pending.listeners:
-            return
+        if self._backoff or (self._pending.is_empty() and not self._pending.listeners):
+            return  # after a failed commit, _end_backoff schedules the retry
         if self._writer is None:
             batch = self._take_pending()
             self._finish(batch, self._commit_batch(batch))
@@ -396,7 +402,7 @@ class LmdbStore:
             if batch is self._in_flight:
                 self._in_flight = None
             self._finish(batch, error)
-        idle = resubmit and self._in_flight is None and not self._closed
+        idle = resubmit and not self._backoff and self._in_flight is None and not self._closed
         if idle and (not self._pending.is_empty() or self._pending.listeners):
             self._in_flight = self._take_pending()
             self._writer.submit(self._in_flight)
@@ -425,10 +431,15 @@ class LmdbStore:
             listener(error is None)
 
     def _schedule_commit_later(self) -> None:
-        """After a failure, retry the carried-over removals after a pause, not in a spin."""
-        if self._closed:
+        """After a failure, pause commits (retrying at once would spin on a full disk)."""
+        if self._closed or self._backoff:
             return
-        self._reactor.callLater(0.5, self._schedule_commit)
+        self._backoff = True
+        self._reactor.callLater(_RETRY_PAUSE_S, self._end_backoff)
+
+    def _end_backoff(self) -> None:
+        self._backoff = False
+        self._schedule_commit()
 
     def _commit_batch(self, batch: _Batch) -> StoreError | None:
         """Write one batch in one transaction. May run on the writer thread."""
@@ -523,7 +534,7 @@ class LmdbStore:
     def _apply_registry(self, txn: Any, batch: _Batch) -> set[int]:
         """Queue deletions and creations; returns the ids of queues deleted."""
         queues, meta = self._queues_db, self._meta_db
-        for name, qid in batch.dropped_queues.items():
+        for name, qid in batch.dropped_queues:
             txn.delete(name, db=queues)
             txn.delete(_COUNTER_PREFIX + _U32.pack(qid), db=meta)
             _delete_range(txn, self._items_db, qid, 0, _MAX_ID)
@@ -531,7 +542,7 @@ class LmdbStore:
             txn.put(name, record, db=queues)
         if batch.next_qid is not None:
             txn.put(_NEXT_QID_KEY, _U32.pack(batch.next_qid), db=meta)
-        return set(batch.dropped_queues.values())
+        return {qid for _name, qid in batch.dropped_queues}
 
     def _read_counters(self) -> dict[int, tuple[int, int]]:
         counters: dict[int, tuple[int, int]] = {}

@@ -60,3 +60,13 @@ def test_a_sooner_deadline_rearms_the_timer() -> None:
     assert fired == ["fast"]
     clock.advance(0.99)
     assert fired == ["fast", "slow"]
+
+
+def test_cancelled_long_waits_do_not_accumulate() -> None:
+    clock = Clock()
+    deadlines = Deadlines(clock)
+    for _ in range(5000):
+        deadlines.add(2**31 - 1, lambda: None).cancel()
+    assert deadlines.pending() < 2100  # compacted as they pile up, not kept for 24 days
+    live = deadlines.add(2**31 - 1, lambda: None)
+    assert live.active()

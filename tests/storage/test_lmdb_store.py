@@ -603,3 +603,19 @@ def test_counters_and_contents_match_a_model(tmp_path_factory: Any, ops: list[An
             assert (record.head_id, record.tail_id) == (min(model), max(model) + 1)
     finally:
         store.close()
+
+
+def test_delete_recreate_delete_in_one_batch_leaves_nothing_behind(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    first = store.create_queue("q", 0)
+    put_items(store, first, range(3))
+    clock.advance(0)
+    store.drop_queue("q", first)
+    second = store.create_queue("q", 0)
+    store.drop_queue("q", second)
+    clock.advance(0)
+    assert store.load_queues() == []
+    # The first queue's items are gone too: nothing is readable under its id.
+    assert store.read_items(first, 0, 3, 10, 1 << 20) == []
