@@ -29,6 +29,7 @@ from kestrelpy.handler import (
 )
 from kestrelpy.wire.memcache import MemcacheParser, Request
 
+_FLUSH_EVERY = 64  # in a long pipeline of reads, send replies every this many requests
 _PAUSE_BACKLOG = 1024  # parsed requests queued behind a blocked read before we stop reading
 
 
@@ -62,7 +63,8 @@ class MemcacheConnection(TwistedProtocol):
         self._holds: deque[list[int]] = deque()  # [commit ticket, end index in _out]
         self._backlog: deque[Request] = deque()
         self._blocked = False
-        self._paused = False
+        self._paused = False  # reading paused: too many requests behind a blocked read
+        self._throttled = False  # reading paused: the client does not read its replies
         self._closing = False
         self._gone = False
         self._idle_timer: Any = None  # IDelayedCall when client_timeout is set
@@ -85,6 +87,7 @@ class MemcacheConnection(TwistedProtocol):
 
     def connectionMade(self) -> None:
         self._start_idle_timer()
+        self.transport.registerProducer(self, True)
         # Replies are small and each is one write: Nagle would hold them for an ACK.
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)  # absent on test doubles
         if set_no_delay is not None:
@@ -99,7 +102,7 @@ class MemcacheConnection(TwistedProtocol):
             self._idle_timer.reset(self._ctx.settings.client_timeout / 1000.0)  # type: ignore[operator]
         self._ctx.stats.bytes_read += len(data)
         requests = self._parser.feed(data)
-        if self._blocked or self._backlog or self._closing:
+        if self._blocked or self._backlog or self._closing or self._throttled:
             if not self._closing:
                 self._backlog.extend(requests)
                 if len(self._backlog) > _PAUSE_BACKLOG and not self._paused:
@@ -124,8 +127,20 @@ class MemcacheConnection(TwistedProtocol):
         execute = self._session.execute
         wrote = False
         pending = iter(requests)
+        countdown = _FLUSH_EVERY
         for request in pending:
             code = execute(request, out)
+            countdown -= 1
+            if not countdown:
+                countdown = _FLUSH_EVERY
+                if not wrote and not self._holds:
+                    # A long pipeline of reads: send what is ready, so that a client that
+                    # does not read its replies makes the transport push back (below)
+                    # before the replies pile up in memory.
+                    self._send(len(out), True)
+                    if self._throttled:
+                        self._backlog.extend(pending)
+                        break
             if not code:
                 continue
             if code == WROTE:
@@ -223,14 +238,34 @@ class MemcacheConnection(TwistedProtocol):
         self._settle(False)
 
     def _drain_backlog(self) -> None:
-        if self._gone or self._blocked:
+        if self._gone or self._blocked or self._throttled:
             return
         backlog = self._backlog
         self._backlog = deque()
         self._run(backlog)
-        if self._paused and not self._blocked and not self._gone:
+        if self._paused and not self._blocked and not self._gone and not self._throttled:
             self._paused = False
             self.transport.resumeProducing()
+
+    # ------------------------------------------- push producer (output backpressure)
+
+    def pauseProducing(self) -> None:
+        """The transport's send buffer is full (the client is not reading): stop
+        reading and running its requests until the buffer drains."""
+        self._throttled = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._throttled = False
+        if self._gone:
+            return
+        if not self._paused:
+            self.transport.resumeProducing()
+        if self._backlog and not self._blocked:
+            self._ctx.clock.callLater(0, self._drain_backlog)
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost does the cleanup."""
 
 
 class MemcacheFactory(Factory):
