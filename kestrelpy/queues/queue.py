@@ -270,15 +270,18 @@ class Queue:
 
     def _pop_head(self, now_ms: int) -> Item | None:
         item = self._head(now_ms)
-        if item is None:
-            return None
+        if item is not None:
+            self._drop_head(item)
+        return item
+
+    def _drop_head(self, item: Item) -> None:
+        """Take the cached head ``item`` out of the window and out of the waiting counts."""
         self._cache.popleft()
         size = len(item.data)
         self._cache_bytes -= size
         self._budget.used -= size
         self.items -= 1
         self.bytes -= size
-        return item
 
     def _head(self, now_ms: int) -> Item | None:
         """The first unexpired item, refilling the window from disk when it runs dry."""
@@ -301,12 +304,7 @@ class Queue:
         return bool(expiry) and expiry <= now_ms
 
     def _expire_head(self, item: Item) -> None:
-        self._cache.popleft()
-        size = len(item.data)
-        self._cache_bytes -= size
-        self._budget.used -= size
-        self.items -= 1
-        self.bytes -= size
+        self._drop_head(item)
         self.expired_items += 1
         self._consume(item)
         if self._on_expired is not None:

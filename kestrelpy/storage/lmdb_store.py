@@ -199,18 +199,8 @@ class LmdbStore:
 
     def load_queues(self) -> list[QueueRecord]:
         """Every stored queue with its head, tail and counters: O(queues * log(items))."""
-        records: list[QueueRecord] = []
         with self._env_lock, self._env.begin() as txn:
-            queues = list(txn.cursor(db=self._queues_db).iternext())
-            for raw_name, raw_record in queues:
-                qid, created = _QUEUE_RECORD.unpack(raw_record)
-                head, tail = _id_range(txn, self._items_db, qid)
-                counters = txn.get(_COUNTER_PREFIX + _U32.pack(qid), db=self._meta_db)
-                items, size = _COUNTERS.unpack(counters) if counters else (0, 0)
-                self._counters[qid] = (items, size)
-                name = bytes(raw_name).decode("latin-1")
-                records.append(QueueRecord(name, qid, created, head, tail, items, size))
-        return records
+            return _queue_records(txn, self._items_db, self._queues_db, self._meta_db)
 
     def create_queue(self, name: str, create_time: int) -> int:
         """Reserve a queue id now; the registration rides the next commit."""
@@ -669,6 +659,19 @@ def _decode(key: bytes, value: Any) -> StoredItem:
     return StoredItem(_KEY.unpack(key)[1], flags, expiry_ms, added_ms, bytes(value[_HEADER_SIZE:]))
 
 
+def _queue_records(txn: Any, items_db: Any, queues_db: Any, meta_db: Any) -> list[QueueRecord]:
+    """Every registered queue with its head, tail and stored counters (no item scan)."""
+    records: list[QueueRecord] = []
+    for raw_name, raw_record in txn.cursor(db=queues_db):
+        qid, created = _QUEUE_RECORD.unpack(raw_record)
+        head, tail = _id_range(txn, items_db, qid)
+        counters = txn.get(_COUNTER_PREFIX + _U32.pack(qid), db=meta_db)
+        items, size = _COUNTERS.unpack(counters) if counters else (0, 0)
+        name = bytes(raw_name).decode("latin-1")
+        records.append(QueueRecord(name, qid, created, head, tail, items, size))
+    return records
+
+
 def _id_range(txn: Any, db: Any, qid: int) -> tuple[int, int]:
     """(head id, tail id) of a queue from its key range: two B-tree seeks, no scan."""
     cursor = txn.cursor(db=db)
@@ -729,16 +732,8 @@ def inspect_store(path: Path) -> list[QueueRecord]:
         items_db = env.open_db(b"items", create=False)
         queues_db = env.open_db(b"queues", create=False)
         meta_db = env.open_db(b"meta", create=False)
-        records: list[QueueRecord] = []
         with env.begin() as txn:
-            for raw_name, raw_record in txn.cursor(db=queues_db):
-                qid, created = _QUEUE_RECORD.unpack(raw_record)
-                head, tail = _id_range(txn, items_db, qid)
-                counters = txn.get(_COUNTER_PREFIX + _U32.pack(qid), db=meta_db)
-                items, size = _COUNTERS.unpack(counters) if counters else (0, 0)
-                name = bytes(raw_name).decode("latin-1")
-                records.append(QueueRecord(name, qid, created, head, tail, items, size))
-        return records
+            return _queue_records(txn, items_db, queues_db, meta_db)
     except lmdb.Error as err:
         raise StoreError(f"cannot read store in {path}: {err}") from err
     finally:
