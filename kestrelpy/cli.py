@@ -84,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
     from kestrelpy.config import load_config
+    from kestrelpy.malloc_tuning import keep_freed_memory
     from kestrelpy.service import make_service
 
     if args.port is not None and not 0 <= args.port <= 65535:
@@ -97,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         [observer],
         redirectStandardIO=False,
     )
+    keep_freed_memory()
     reactor: Any = global_reactor
     service = make_service(config, reactor)
     try:

@@ -34,12 +34,11 @@ _PAUSE_BACKLOG = 1024  # parsed requests queued behind a blocked read before we 
 
 
 class CommitGate(Protocol):
-    """What a connection needs from the store: which batch a write rides, and its end."""
+    """What a connection needs from the store: which batch its writes ride, and its end."""
 
-    @property
-    def pending_ticket(self) -> int: ...
+    def take_write_ticket(self) -> int: ...
 
-    def when_committed(self, listener: Any) -> None: ...
+    def when_committed(self, listener: Any, ticket: int | None = None) -> None: ...
 
 
 class MemcacheConnection(TwistedProtocol):
@@ -158,13 +157,13 @@ class MemcacheConnection(TwistedProtocol):
     def _settle(self, wrote: bool) -> None:
         """After a run: hold output behind the commit of its writes, or send it now."""
         if wrote:
-            ticket = self._commits.pending_ticket
+            ticket = self._commits.take_write_ticket()
             holds = self._holds
-            if holds and holds[-1][0] == ticket:
-                holds[-1][1] = len(self._out)
+            if holds and holds[-1][0] >= ticket:
+                holds[-1][1] = len(self._out)  # released by a commit after this one anyway
             else:
                 holds.append([ticket, len(self._out)])
-                self._commits.when_committed(self._committed)
+                self._commits.when_committed(self._committed, ticket)
         if not self._holds:
             self._send(len(self._out), True)
             if self._closing and not self._gone:

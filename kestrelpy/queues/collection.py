@@ -11,6 +11,7 @@ import time
 from twisted.logger import Logger
 
 from kestrelpy.config import Config
+from kestrelpy.payload import Payload
 from kestrelpy.queues.queue import CacheBudget, Item, Queue, Waiter
 from kestrelpy.stats import ServerStats
 from kestrelpy.storage.lmdb_store import LmdbStore
@@ -109,7 +110,7 @@ class QueueCollection:
 
     # ------------------------------------------------------------------------ writes
 
-    def put(self, name: str, flags: int, exptime: int, data: bytes, now_ms: int) -> bool:
+    def put(self, name: str, flags: int, exptime: int, data: Payload, now_ms: int) -> bool:
         """Add to a queue, its fanout children, or an alias's destinations.
 
         True when the item was accepted (for an alias: by every destination).
@@ -125,7 +126,7 @@ class QueueCollection:
             return accepted
         return self._put_one(name, flags, expiry, data, now_ms)
 
-    def _put_one(self, name: str, flags: int, expiry: int, data: bytes, now_ms: int) -> bool:
+    def _put_one(self, name: str, flags: int, expiry: int, data: Payload, now_ms: int) -> bool:
         children = self._children.get(name)
         if children:
             for child in children.values():

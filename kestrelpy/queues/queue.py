@@ -17,6 +17,7 @@ from typing import Protocol
 from twisted.logger import Logger
 
 from kestrelpy.config import QueueConfig
+from kestrelpy.payload import Payload
 from kestrelpy.storage.lmdb_store import LmdbStore, StoredItem
 
 Item = StoredItem  # (item_id, flags, expiry_ms, added_ms, data)
@@ -114,7 +115,7 @@ class Queue:
 
     # ------------------------------------------------------------------------ writes
 
-    def put(self, flags: int, expiry_ms: int, data: bytes, now_ms: int) -> bool:
+    def put(self, flags: int, expiry_ms: int, data: Payload, now_ms: int) -> bool:
         """Add an item at the tail; False when the queue's limits refuse it."""
         size = len(data)
         config = self.config

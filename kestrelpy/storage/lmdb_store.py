@@ -16,6 +16,13 @@ reactor keeps filling the next batch; under ``"periodic"`` and ``"never"`` the b
 committed inline on the reactor thread at the end of the reactor turn (a commit without
 fsync costs less than a thread hand-off), and ``"periodic"`` fsyncs from a timer thread.
 Every batch's listeners are told, in commit order, whether it reached the store.
+
+Large items (``LARGE_ITEM`` bytes and up) do not all ride the next commit: a batch carries
+at most ``_BATCH_LARGE_BYTES`` of them and the rest wait in later batches, so a commit,
+and the small writes sharing it, never waits behind many MiB (loadtest ``fairness``).
+Everything else (small items, removals, queue records) rides the earliest batch, which
+keeps PROTOCOL.md §12: a reply to a write still follows the commit of every removal
+answered before it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from queue import SimpleQueue
@@ -34,6 +42,7 @@ import lmdb
 from twisted.logger import Logger
 
 from kestrelpy.errors import StoreError, StoreFullError
+from kestrelpy.payload import Payload
 
 SyncPolicy = Literal["always", "periodic", "never"]
 
@@ -51,6 +60,9 @@ _MAX_MAP_STEP = 1024 * 1024 * 1024  # grow by doubling, but by at most 1 GiB at 
 _RETRY_PAUSE_S = 0.5
 _LAZY_COMMIT_S = 0.02  # removals alone wait this long for a write to ride along with
 _MAX_ID = 2**64 - 1
+LARGE_ITEM = 64 * 1024  # payloads this big are spread over commits, one MiB or so apiece
+_BATCH_LARGE_BYTES = 1024 * 1024
+_DEFERRED_HIGH_BYTES = 32 * 1024 * 1024  # beyond this, merge batches to catch up
 
 
 class StoredItem(NamedTuple):
@@ -60,7 +72,7 @@ class StoredItem(NamedTuple):
     flags: int
     expiry_ms: int
     added_ms: int
-    data: bytes
+    data: Payload
 
 
 class QueueRecord(NamedTuple):
@@ -88,6 +100,7 @@ class _Batch:
     __slots__ = (
         "deletes",
         "dropped_queues",
+        "large_bytes",
         "listeners",
         "new_queues",
         "next_qid",
@@ -108,6 +121,7 @@ class _Batch:
         self.records: dict[bytes, bytes | None] = {}
         self.next_qid: int | None = None
         self.listeners: list[CommitListener] = []
+        self.large_bytes = 0  # payload bytes of the large items among ``puts``
 
     def is_empty(self) -> bool:
         return not (
@@ -142,6 +156,20 @@ class _Batch:
         self.records = merged_records
         if self.next_qid is None:
             self.next_qid = failed.next_qid
+
+    def absorb(self, later: _Batch) -> None:
+        """Take over a later batch of large puts (to catch up with a backlog)."""
+        self.puts.update(later.puts)
+        self.large_bytes += later.large_bytes
+        self.listeners.extend(later.listeners)
+
+    def drop_puts(self, prefix: bytes, from_id: int = 0, below_id: int = _MAX_ID) -> None:
+        """Forget staged puts of one queue (``prefix``) with ids in [from_id, below_id)."""
+        for key in [k for k in self.puts if k.startswith(prefix)]:
+            if from_id <= _KEY.unpack(key)[1] < below_id:
+                size = len(self.puts.pop(key)) - _HEADER_SIZE
+                if size >= LARGE_ITEM:
+                    self.large_bytes -= size
 
 
 def item_key(queue_id: int, item_id: int) -> bytes:
@@ -179,6 +207,9 @@ class LmdbStore:
         self._counters: dict[int, tuple[int, int]] = self._read_counters()
         self._ticket = 0
         self._pending = _Batch(ticket=0)
+        self._deferred: deque[_Batch] = deque()  # later batches of large puts, in order
+        self._deferred_bytes = 0
+        self._write_ticket = 0  # newest batch a write went into since take_write_ticket
         self._in_flight: _Batch | None = None
         self._commit_scheduled = False
         self._backoff = False  # a commit failed: wait _RETRY_PAUSE_S before the next
@@ -218,27 +249,41 @@ class LmdbStore:
         encoded = name.encode("latin-1")
         batch.new_queues.pop(encoded, None)
         batch.dropped_queues.append((encoded, queue_id))
-        prefix = _U32.pack(queue_id)
-        for key in [k for k in batch.puts if k.startswith(prefix)]:
-            del batch.puts[key]
+        self._drop_staged_puts(_U32.pack(queue_id))
         self._schedule_commit()
 
     # ----------------------------------------------------------------------- items
 
     def put(
-        self, queue_id: int, item_id: int, flags: int, expiry_ms: int, added_ms: int, data: bytes
+        self, queue_id: int, item_id: int, flags: int, expiry_ms: int, added_ms: int, data: Payload
     ) -> None:
-        self._pending.puts[_KEY.pack(queue_id, item_id)] = (
-            _HEADER.pack(flags, expiry_ms, added_ms) + data
-        )
+        size = len(data)
+        batch = self._pending if size < LARGE_ITEM else self._batch_for_large(size)
+        batch.puts[_KEY.pack(queue_id, item_id)] = _HEADER.pack(flags, expiry_ms, added_ms) + data
         if not self._commit_scheduled:
             self._schedule_commit()
+
+    def _batch_for_large(self, size: int) -> _Batch:
+        """The batch a large put rides: after every large put staged before it."""
+        batch = self._deferred[-1] if self._deferred else self._pending
+        if batch.large_bytes and batch.large_bytes + size > _BATCH_LARGE_BYTES:
+            self._ticket += 1
+            batch = _Batch(ticket=self._ticket)
+            self._deferred.append(batch)
+        if batch is not self._pending:
+            self._deferred_bytes += size
+            self._write_ticket = max(self._write_ticket, batch.ticket)
+        batch.large_bytes += size
+        return batch
 
     def delete(self, queue_id: int, item_id: int, payload_size: int) -> None:
         """Remove an item in the next commit; a put still pending is simply cancelled."""
         key = _KEY.pack(queue_id, item_id)
         batch = self._pending
-        if batch.puts.pop(key, None) is None:
+        if batch.puts.pop(key, None) is not None:
+            if payload_size >= LARGE_ITEM:
+                batch.large_bytes -= payload_size
+        elif not self._cancel_deferred_put(key, payload_size):
             batch.deletes[key] = payload_size
             if self._lazy_commit is None and not self._commit_scheduled:
                 # Nobody waits for a removal: let it ride the next write's commit, or
@@ -247,13 +292,24 @@ class LmdbStore:
 
     def truncate(self, queue_id: int, from_id: int, below_id: int) -> None:
         """Remove a queue's items with ``from_id <= id < below_id`` (``flush``)."""
-        batch = self._pending
-        prefix = _U32.pack(queue_id)
-        for key in [k for k in batch.puts if k.startswith(prefix)]:
-            if from_id <= _KEY.unpack(key)[1] < below_id:
-                del batch.puts[key]
-        batch.truncations.append((queue_id, from_id, below_id))
+        self._drop_staged_puts(_U32.pack(queue_id), from_id, below_id)
+        self._pending.truncations.append((queue_id, from_id, below_id))
         self._schedule_commit()
+
+    def _cancel_deferred_put(self, key: bytes, payload_size: int) -> bool:
+        for batch in self._deferred:
+            if batch.puts.pop(key, None) is not None:
+                batch.large_bytes -= payload_size
+                self._deferred_bytes -= payload_size
+                return True
+        return False
+
+    def _drop_staged_puts(self, prefix: bytes, from_id: int = 0, below_id: int = _MAX_ID) -> None:
+        self._pending.drop_puts(prefix, from_id, below_id)
+        for batch in self._deferred:
+            before = batch.large_bytes
+            batch.drop_puts(prefix, from_id, below_id)
+            self._deferred_bytes -= before - batch.large_bytes
 
     def read_items(
         self, queue_id: int, from_id: int, end_id: int, max_items: int, max_bytes: int
@@ -277,11 +333,12 @@ class LmdbStore:
                     found.append(item)
                     budget -= len(item.data)
                     next_id = item.item_id + 1
-        in_flight = self._in_flight.puts if self._in_flight else {}
-        pending = self._pending.puts
+        staged_in = [self._pending.puts, *(batch.puts for batch in self._deferred)]
+        if self._in_flight is not None:
+            staged_in.append(self._in_flight.puts)
         while next_id < end_id and len(found) < max_items and budget > 0:
             key = _KEY.pack(queue_id, next_id)
-            staged = pending.get(key) or in_flight.get(key)
+            staged = next((puts[key] for puts in staged_in if key in puts), None)
             if staged is not None:
                 item = _decode(key, memoryview(staged))
                 found.append(item)
@@ -312,11 +369,24 @@ class LmdbStore:
 
     @property
     def has_pending_writes(self) -> bool:
-        return not self._pending.is_empty()
+        return not self._pending.is_empty() or bool(self._deferred)
 
-    def when_committed(self, listener: CommitListener) -> None:
-        """Call ``listener(ok)`` once everything staged so far has committed (or failed)."""
-        self._pending.listeners.append(listener)
+    def take_write_ticket(self) -> int:
+        """The ticket to wait for to see every write staged since the last call committed.
+
+        That is the earliest batch's, unless a large put went into a later batch.
+        """
+        ticket = max(self._pending.ticket, self._write_ticket)
+        self._write_ticket = 0
+        return ticket
+
+    def when_committed(self, listener: CommitListener, ticket: int | None = None) -> None:
+        """Call ``listener(ok)`` once the batch ``ticket`` (default: the earliest batch
+        still staged, which holds every write but large puts) has committed or failed."""
+        batch = self._pending
+        if ticket is not None and ticket > batch.ticket:  # a later batch is still staged
+            batch = next(b for b in self._deferred if b.ticket == ticket)
+        batch.listeners.append(listener)
         self._schedule_commit()
 
     def on_rollback(self, handler: RollbackHandler) -> None:
@@ -328,7 +398,9 @@ class LmdbStore:
         if self._writer is not None:
             self._writer.drain()
             self._deliver_writer_results(resubmit=False)
-        if not self._pending.is_empty() or self._pending.listeners:
+        for _batch in range(len(self._deferred) + 1):  # once each: a failure is not retried
+            if not self._has_work():
+                break
             batch = self._take_pending()
             self._finish(batch, self._commit_batch(batch))
 
@@ -367,20 +439,38 @@ class LmdbStore:
     def _commit_turn(self) -> None:
         """End of a reactor turn: commit what this turn staged (or hand it to the writer)."""
         self._commit_scheduled = False
-        if self._backoff or (self._pending.is_empty() and not self._pending.listeners):
+        if self._backoff or not self._has_work():
             return  # after a failed commit, _end_backoff schedules the retry
         if self._writer is None:
             batch = self._take_pending()
             self._finish(batch, self._commit_batch(batch))
+            if self._has_work():
+                self._schedule_commit()  # the next batch of large puts, next turn
         elif self._in_flight is None:
             self._in_flight = self._take_pending()
             self._writer.submit(self._in_flight)
 
+    def _has_work(self) -> bool:
+        pending = self._pending
+        return bool(self._deferred or pending.listeners) or not pending.is_empty()
+
     def _take_pending(self) -> _Batch:
+        """The earliest batch, to commit; the next (if any) becomes the earliest."""
         batch = self._pending
-        self._ticket += 1
-        self._pending = _Batch(ticket=self._ticket)
+        while self._deferred_bytes > _DEFERRED_HIGH_BYTES:
+            self._absorb_next_deferred(batch)  # a backlog: commit more per batch
+        if self._deferred:
+            self._pending = self._deferred.popleft()
+            self._deferred_bytes -= self._pending.large_bytes
+        else:
+            self._ticket += 1
+            self._pending = _Batch(ticket=self._ticket)
         return batch
+
+    def _absorb_next_deferred(self, batch: _Batch) -> None:
+        later = self._deferred.popleft()
+        self._deferred_bytes -= later.large_bytes
+        batch.absorb(later)
 
     def _writer_done(self) -> None:
         """Runs in the writer thread: wake the reactor to deliver the results."""
@@ -393,7 +483,7 @@ class LmdbStore:
                 self._in_flight = None
             self._finish(batch, error)
         idle = resubmit and not self._backoff and self._in_flight is None and not self._closed
-        if idle and (not self._pending.is_empty() or self._pending.listeners):
+        if idle and self._has_work():
             self._in_flight = self._take_pending()
             self._writer.submit(self._in_flight)
 

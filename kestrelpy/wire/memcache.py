@@ -11,9 +11,10 @@ reason follows, and ``close`` says whether framing is lost and the connection mu
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from kestrelpy.errors import KestrelpyError
+from kestrelpy.payload import Payload
 
 MAX_KEY_LENGTH = 250
 MAX_WAIT_MS = 2**31 - 1
@@ -46,7 +47,7 @@ class Store(NamedTuple):
     key: bytes
     flags: int
     exptime: int
-    data: bytes
+    data: Payload
     noreply: bool
 
 
@@ -107,8 +108,10 @@ class MemcacheParser:
         self._honor_noreply = honor_noreply
         self._bare_errors = bare_errors
         self._buffer = b""
-        self._chunks: list[bytes] = []
-        self._chunk_bytes = 0
+        # A data block still arriving is copied straight into its final buffer: for a
+        # MiB-sized item, one copy instead of joining chunks and slicing off the trailer.
+        self._block = bytearray()
+        self._block_filled = 0
         self._pending_set: tuple[bytes, list[bytes], int] | None = None  # verb, tokens, size
         self._good_keys: set[bytes] = set()
         self.closed = False
@@ -121,15 +124,8 @@ class MemcacheParser:
         self.bytes_read += len(data)
         requests: list[Request] = []
         if self._pending_set is not None:
-            self._chunks.append(data)
-            self._chunk_bytes += len(data)
-            if self._chunk_bytes < self._pending_set[2] + 2:
-                return requests
-            data = b"".join(self._chunks)
-            self._chunks = []
-            self._chunk_bytes = 0
-            pos = self._finish_store(data, 0, requests)
-            if self.closed:
+            pos = self._fill_block(data, requests)
+            if pos < 0 or self.closed:
                 return requests
         else:
             if self._buffer:
@@ -209,7 +205,7 @@ class MemcacheParser:
         """Read a storage command's header; consume its data block if it is all here.
 
         Returns where parsing continues: after the data block, or the end of ``data`` when
-        the block is still arriving (it is then collected in ``_chunks``).
+        the block is still arriving (it is then copied into ``_block`` as it comes).
         """
         if len(tokens) < 5 or not tokens[4].isdigit():
             self._fail(requests, b"CLIENT_ERROR bad command line format", close=True)
@@ -220,10 +216,35 @@ class MemcacheParser:
             return pos
         self._pending_set = (verb, tokens, size)
         if len(data) - pos < size + 2:
-            self._chunks = [data[pos:]]
-            self._chunk_bytes = len(data) - pos
+            self._block = bytearray(size + 2)
+            self._block_filled = 0
+            self._fill_block(memoryview(data)[pos:], requests)
             return len(data)
         return self._finish_store(data, pos, requests)
+
+    def _fill_block(self, data: bytes | memoryview, requests: list[Request]) -> int:
+        """Copy the next part of an arriving data block; at its end, emit the request.
+
+        Returns where parsing continues in ``data``, or -1 if all of it was block.
+        """
+        assert self._pending_set is not None
+        block, filled = self._block, self._block_filled
+        taken = min(len(data), len(block) - filled)
+        block[filled : filled + taken] = data if taken == len(data) else data[:taken]
+        filled += taken
+        if filled < len(block):
+            self._block_filled = filled
+            return -1
+        verb, tokens, _size = self._pending_set
+        self._pending_set = None
+        self._block = bytearray()
+        if block[-2:] != _CRLF:
+            self._fail(requests, b"CLIENT_ERROR bad data chunk", close=True)
+            return -1
+        del block[-2:]  # shrinks in place
+        noreply = self._honor_noreply and len(tokens) > 5 and tokens[5] == b"noreply"
+        requests.append(self._store_request(verb, tokens, block, noreply))
+        return taken
 
     def _finish_store(self, data: bytes, pos: int, requests: list[Request]) -> int:
         """Take the data block at ``pos``; returns the position after its trailer."""
@@ -239,7 +260,7 @@ class MemcacheParser:
         return end + 2
 
     def _store_request(
-        self, verb: bytes, tokens: list[bytes], block: bytes, noreply: bool
+        self, verb: bytes, tokens: list[bytes], block: Payload, noreply: bool
     ) -> Request:
         if verb != b"set":
             return Invalid(self._error_line(ERROR[:-2]), False, noreply)
@@ -326,11 +347,12 @@ def _parse_int(raw: bytes) -> int | None:
     return int(raw) if _INT.match(raw) else None
 
 
-def value_reply(key: bytes, flags: int, data: bytes, cas: int | None) -> bytes:
+def value_reply(key: bytes, flags: int, data: Payload, cas: int | None) -> bytes:
     """One ``VALUE`` block plus ``END``: the whole reply to a get that found an item."""
+    block = cast(bytes, data)  # %b takes a bytearray too; typeshed says bytes only
     if cas is None:
-        return b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (key, flags, len(data), data)
-    return b"VALUE %b %d %d %d\r\n%b\r\nEND\r\n" % (key, flags, len(data), cas, data)
+        return b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (key, flags, len(block), block)
+    return b"VALUE %b %d %d %d\r\n%b\r\nEND\r\n" % (key, flags, len(block), cas, block)
 
 
 def stat_lines(stats: list[tuple[str, object]]) -> bytes:
