@@ -2,15 +2,17 @@
 
 Each ``dataReceived`` parses every complete request, runs them in order through the
 :class:`~kestrelpy.handler.Session`, and answers the whole batch with one write. Output
-that contains a reply to a write (``STORED`` …) is held until the commit carrying that
-write has finished; replies queued behind it wait too, so replies never overtake each
-other. A blocked read (``/t=``) holds back the requests pipelined after it.
+that contains a reply to a write (``STORED`` …) is held until the commits carrying the
+writes of its batch have finished (one, or two when large items ride their own lane, and
+those may finish in either order); replies queued behind it wait too, so replies never
+overtake each other. A blocked read (``/t=``) holds back the requests pipelined after it.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, Protocol
 
 from twisted.internet.protocol import Factory
@@ -34,11 +36,23 @@ _PAUSE_BACKLOG = 1024  # parsed requests queued behind a blocked read before we 
 
 
 class CommitGate(Protocol):
-    """What a connection needs from the store: which batch its writes ride, and its end."""
+    """What a connection needs from the store: which batches its writes ride, and their end."""
 
-    def take_write_ticket(self) -> int: ...
+    def take_write_tickets(self) -> tuple[int, ...]: ...
 
     def when_committed(self, listener: Any, ticket: int | None = None) -> None: ...
+
+
+class _Hold:
+    """Output before ``end`` waits for ``waiting`` more commits; ``ok`` unless one failed."""
+
+    __slots__ = ("end", "ok", "tickets", "waiting")
+
+    def __init__(self, tickets: tuple[int, ...], end: int) -> None:
+        self.tickets = tickets
+        self.end = end
+        self.waiting = len(tickets)
+        self.ok = True
 
 
 class MemcacheConnection(TwistedProtocol):
@@ -59,7 +73,7 @@ class MemcacheConnection(TwistedProtocol):
         )
         self._session = Session(ctx, self._resumed)
         self._out: list[Any] = []
-        self._holds: deque[list[int]] = deque()  # [commit ticket, end index in _out]
+        self._holds: deque[_Hold] = deque()
         self._backlog: deque[Request] = deque()
         self._blocked = False
         self._paused = False  # reading paused: too many requests behind a blocked read
@@ -157,28 +171,33 @@ class MemcacheConnection(TwistedProtocol):
     def _settle(self, wrote: bool) -> None:
         """After a run: hold output behind the commit of its writes, or send it now."""
         if wrote:
-            ticket = self._commits.take_write_ticket()
+            tickets = self._commits.take_write_tickets()
             holds = self._holds
-            if holds and holds[-1][0] >= ticket:
-                holds[-1][1] = len(self._out)  # released by a commit after this one anyway
+            last = holds[-1] if holds else None
+            if last is not None and last.tickets == tickets and last.waiting == len(tickets):
+                last.end = len(self._out)  # the same commits are still ahead: wait with it
             else:
-                holds.append([ticket, len(self._out)])
-                self._commits.when_committed(self._committed, ticket)
+                hold = _Hold(tickets, len(self._out))
+                holds.append(hold)
+                for ticket in tickets:
+                    self._commits.when_committed(partial(self._committed, hold), ticket)
         if not self._holds:
             self._send(len(self._out), True)
             if self._closing and not self._gone:
                 self.transport.loseConnection()
 
-    def _committed(self, ok: bool) -> None:
-        """The oldest commit this connection waits for has ended (in commit order)."""
-        end = self._holds.popleft()[1]
-        if not self._holds:
-            end = len(self._out)
-        self._send(end, ok)
-        shift = end
-        for hold in self._holds:
-            hold[1] -= shift
-        if not self._holds and self._closing and not self._gone:
+    def _committed(self, hold: _Hold, ok: bool) -> None:
+        """A commit ``hold`` waits for has ended: send what no longer waits for anything."""
+        hold.waiting -= 1
+        hold.ok = hold.ok and ok
+        holds = self._holds
+        while holds and not holds[0].waiting:
+            done = holds.popleft()
+            end = done.end if holds else len(self._out)
+            self._send(end, done.ok)
+            for later in holds:
+                later.end -= end
+        if not holds and self._closing and not self._gone:
             self.transport.loseConnection()
 
     def _send(self, end: int, ok: bool) -> None:

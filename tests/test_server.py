@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import DEFAULT_CONFIG, Conn, Harness
@@ -108,6 +109,42 @@ def test_two_writes_in_one_turn_share_one_commit(kp: MakeHarness) -> None:
     h.settle()
     assert h.store.commits == commits + 1
     assert first.take() == second.take() == b"STORED\r\n"
+
+
+def test_a_small_set_is_answered_before_a_backlog_of_large_sets(kp: MakeHarness) -> None:
+    """Large items commit in a lane of their own, about 1 MiB per commit."""
+    h = kp()
+    bulk, quick = h.connect(), h.connect()
+    h.connect().ask(b"get big\r\nget small\r\n")  # creates both queues now
+    order: list[str] = []
+    for name, conn in (("bulk", bulk), ("quick", quick)):
+        write = conn.transport.write
+
+        def logged(data: bytes, name: str = name, write: Any = write) -> None:
+            order.append(name)
+            write(data)
+
+        conn.transport.write = logged  # type: ignore[method-assign]
+    big = b"b" * (600 * 1024)
+    bulk.send(set_req(b"big", big) * 3)
+    quick.send(set_req(b"small", b"x"))
+    assert bulk.take() == quick.take() == b""
+    h.settle()
+    assert quick.take() == b"STORED\r\n"
+    assert bulk.take() == b"STORED\r\n" * 3
+    assert order == ["quick", "bulk"]
+    assert drain(quick, b"big") == [big] * 3
+
+
+def test_replies_to_large_and_small_sets_keep_their_order(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    big = b"b" * (600 * 1024)
+    conn.send(set_req(b"q", big) + set_req(b"q", b"small") + set_req(b"q", big) + b"get r\r\n")
+    assert conn.take() == b""
+    h.settle()
+    assert conn.take() == b"STORED\r\n" * 3 + b"END\r\n"
+    assert drain(conn, b"q") == [big, b"small", big]
 
 
 def test_stored_set_survives_a_crash(kp: MakeHarness, tmp_path: Path) -> None:

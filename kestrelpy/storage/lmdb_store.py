@@ -17,12 +17,13 @@ committed inline on the reactor thread at the end of the reactor turn (a commit 
 fsync costs less than a thread hand-off), and ``"periodic"`` fsyncs from a timer thread.
 Every batch's listeners are told, in commit order, whether it reached the store.
 
-Large items (``LARGE_ITEM`` bytes and up) do not all ride the next commit: a batch carries
-at most ``_BATCH_LARGE_BYTES`` of them and the rest wait in later batches, so a commit,
-and the small writes sharing it, never waits behind many MiB (loadtest ``fairness``).
-Everything else (small items, removals, queue records) rides the earliest batch, which
-keeps PROTOCOL.md §12: a reply to a write still follows the commit of every removal
-answered before it.
+Large items (``LARGE_ITEM`` bytes and up) travel in a lane of their own: batches of at
+most ``_BATCH_LARGE_BYTES`` (or one item), committed in turn with the batch of everything
+else, so a 64-byte set never shares a commit (or its fsync) with MiBs of other clients'
+data and waits for at most one large batch (loadtest ``fairness``). A large batch commits
+only after the batch of small writes that was open when it was last written to, which
+keeps PROTOCOL.md §12: a reply to a write follows the commit of every removal answered
+before it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ _LAZY_COMMIT_S = 0.02  # removals alone wait this long for a write to ride along
 _MAX_ID = 2**64 - 1
 LARGE_ITEM = 64 * 1024  # payloads this big are spread over commits, one MiB or so apiece
 _BATCH_LARGE_BYTES = 1024 * 1024
-_DEFERRED_HIGH_BYTES = 32 * 1024 * 1024  # beyond this, merge batches to catch up
+_LARGE_BACKLOG_BYTES = 32 * 1024 * 1024  # beyond this, merge large batches to catch up
 
 
 class StoredItem(NamedTuple):
@@ -98,6 +99,7 @@ class _Batch:
     """
 
     __slots__ = (
+        "after",
         "deletes",
         "dropped_queues",
         "large_bytes",
@@ -122,6 +124,7 @@ class _Batch:
         self.next_qid: int | None = None
         self.listeners: list[CommitListener] = []
         self.large_bytes = 0  # payload bytes of the large items among ``puts``
+        self.after = 0  # a large batch commits after the small batch with this ticket
 
     def is_empty(self) -> bool:
         return not (
@@ -158,10 +161,11 @@ class _Batch:
             self.next_qid = failed.next_qid
 
     def absorb(self, later: _Batch) -> None:
-        """Take over a later batch of large puts (to catch up with a backlog)."""
+        """Take over the next batch of large puts (to catch up with a backlog)."""
         self.puts.update(later.puts)
         self.large_bytes += later.large_bytes
         self.listeners.extend(later.listeners)
+        self.after = max(self.after, later.after)
 
     def drop_puts(self, prefix: bytes, from_id: int = 0, below_id: int = _MAX_ID) -> None:
         """Forget staged puts of one queue (``prefix``) with ids in [from_id, below_id)."""
@@ -206,10 +210,11 @@ class LmdbStore:
         self._next_qid = self._read_next_qid()
         self._counters: dict[int, tuple[int, int]] = self._read_counters()
         self._ticket = 0
-        self._pending = _Batch(ticket=0)
-        self._deferred: deque[_Batch] = deque()  # later batches of large puts, in order
-        self._deferred_bytes = 0
-        self._write_ticket = 0  # newest batch a write went into since take_write_ticket
+        self._pending = _Batch(ticket=0)  # small writes, removals, records
+        self._large: deque[_Batch] = deque()  # batches of large puts, in commit order
+        self._large_bytes = 0
+        self._large_turn = False  # the writer's last batch was a small one: a large goes next
+        self._wrote_large: list[int] = []  # since take_write_tickets: large batches written
         self._in_flight: _Batch | None = None
         self._commit_scheduled = False
         self._backoff = False  # a commit failed: wait _RETRY_PAUSE_S before the next
@@ -258,22 +263,23 @@ class LmdbStore:
         self, queue_id: int, item_id: int, flags: int, expiry_ms: int, added_ms: int, data: Payload
     ) -> None:
         size = len(data)
-        batch = self._pending if size < LARGE_ITEM else self._batch_for_large(size)
+        batch = self._pending if size < LARGE_ITEM else self._large_batch(size)
         batch.puts[_KEY.pack(queue_id, item_id)] = _HEADER.pack(flags, expiry_ms, added_ms) + data
         if not self._commit_scheduled:
             self._schedule_commit()
 
-    def _batch_for_large(self, size: int) -> _Batch:
-        """The batch a large put rides: after every large put staged before it."""
-        batch = self._deferred[-1] if self._deferred else self._pending
-        if batch.large_bytes and batch.large_bytes + size > _BATCH_LARGE_BYTES:
+    def _large_batch(self, size: int) -> _Batch:
+        """The batch a large put rides: the newest large one while it has room."""
+        batch = self._large[-1] if self._large else None
+        if batch is None or (batch.large_bytes and batch.large_bytes + size > _BATCH_LARGE_BYTES):
             self._ticket += 1
             batch = _Batch(ticket=self._ticket)
-            self._deferred.append(batch)
-        if batch is not self._pending:
-            self._deferred_bytes += size
-            self._write_ticket = max(self._write_ticket, batch.ticket)
+            self._large.append(batch)
+        batch.after = self._pending.ticket  # removals answered so far commit first
         batch.large_bytes += size
+        self._large_bytes += size
+        if batch.ticket not in self._wrote_large:
+            self._wrote_large.append(batch.ticket)
         return batch
 
     def delete(self, queue_id: int, item_id: int, payload_size: int) -> None:
@@ -283,7 +289,7 @@ class LmdbStore:
         if batch.puts.pop(key, None) is not None:
             if payload_size >= LARGE_ITEM:
                 batch.large_bytes -= payload_size
-        elif not self._cancel_deferred_put(key, payload_size):
+        elif not self._cancel_large_put(key, payload_size):
             batch.deletes[key] = payload_size
             if self._lazy_commit is None and not self._commit_scheduled:
                 # Nobody waits for a removal: let it ride the next write's commit, or
@@ -296,20 +302,20 @@ class LmdbStore:
         self._pending.truncations.append((queue_id, from_id, below_id))
         self._schedule_commit()
 
-    def _cancel_deferred_put(self, key: bytes, payload_size: int) -> bool:
-        for batch in self._deferred:
+    def _cancel_large_put(self, key: bytes, payload_size: int) -> bool:
+        for batch in self._large:
             if batch.puts.pop(key, None) is not None:
                 batch.large_bytes -= payload_size
-                self._deferred_bytes -= payload_size
+                self._large_bytes -= payload_size
                 return True
         return False
 
     def _drop_staged_puts(self, prefix: bytes, from_id: int = 0, below_id: int = _MAX_ID) -> None:
         self._pending.drop_puts(prefix, from_id, below_id)
-        for batch in self._deferred:
+        for batch in self._large:
             before = batch.large_bytes
             batch.drop_puts(prefix, from_id, below_id)
-            self._deferred_bytes -= before - batch.large_bytes
+            self._large_bytes -= before - batch.large_bytes
 
     def read_items(
         self, queue_id: int, from_id: int, end_id: int, max_items: int, max_bytes: int
@@ -333,7 +339,7 @@ class LmdbStore:
                     found.append(item)
                     budget -= len(item.data)
                     next_id = item.item_id + 1
-        staged_in = [self._pending.puts, *(batch.puts for batch in self._deferred)]
+        staged_in = [self._pending.puts, *(batch.puts for batch in self._large)]
         if self._in_flight is not None:
             staged_in.append(self._in_flight.puts)
         while next_id < end_id and len(found) < max_items and budget > 0:
@@ -369,23 +375,28 @@ class LmdbStore:
 
     @property
     def has_pending_writes(self) -> bool:
-        return not self._pending.is_empty() or bool(self._deferred)
+        return not self._pending.is_empty() or bool(self._large)
 
-    def take_write_ticket(self) -> int:
-        """The ticket to wait for to see every write staged since the last call committed.
+    def take_write_tickets(self) -> tuple[int, ...]:
+        """The batches to wait for so that every write staged since the last call (by the
+        caller: one connection's run of requests) has committed.
 
-        That is the earliest batch's, unless a large put went into a later batch.
+        The batch of small writes, and the large batches written to. The large ones commit
+        after that small batch anyway (``after``), so waiting for it too costs nothing.
         """
-        ticket = max(self._pending.ticket, self._write_ticket)
-        self._write_ticket = 0
-        return ticket
+        if not self._wrote_large:
+            return (self._pending.ticket,)
+        staged = {batch.ticket for batch in self._large}  # not gone with an earlier commit
+        tickets = [ticket for ticket in self._wrote_large if ticket in staged]
+        self._wrote_large = []
+        return (self._pending.ticket, *tickets)
 
     def when_committed(self, listener: CommitListener, ticket: int | None = None) -> None:
-        """Call ``listener(ok)`` once the batch ``ticket`` (default: the earliest batch
-        still staged, which holds every write but large puts) has committed or failed."""
+        """Call ``listener(ok)`` once the staged batch ``ticket`` (default: the batch of
+        small writes) has committed or failed."""
         batch = self._pending
-        if ticket is not None and ticket > batch.ticket:  # a later batch is still staged
-            batch = next(b for b in self._deferred if b.ticket == ticket)
+        if ticket is not None and ticket != batch.ticket:
+            batch = next(b for b in self._large if b.ticket == ticket)
         batch.listeners.append(listener)
         self._schedule_commit()
 
@@ -398,10 +409,10 @@ class LmdbStore:
         if self._writer is not None:
             self._writer.drain()
             self._deliver_writer_results(resubmit=False)
-        for _batch in range(len(self._deferred) + 1):  # once each: a failure is not retried
-            if not self._has_work():
+        for _batch in range(len(self._large) + 1):  # once each: a failure is not retried
+            batch = self._next_batch()
+            if batch is None:
                 break
-            batch = self._take_pending()
             self._finish(batch, self._commit_batch(batch))
 
     def close(self) -> None:
@@ -439,38 +450,62 @@ class LmdbStore:
     def _commit_turn(self) -> None:
         """End of a reactor turn: commit what this turn staged (or hand it to the writer)."""
         self._commit_scheduled = False
-        if self._backoff or not self._has_work():
+        if self._backoff:
             return  # after a failed commit, _end_backoff schedules the retry
         if self._writer is None:
-            batch = self._take_pending()
-            self._finish(batch, self._commit_batch(batch))
+            # At most one batch of each lane per turn: the small writes first, then up to
+            # ~1 MiB of large items; more large batches wait for the next turn.
+            for _lane in range(2):
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._finish(batch, self._commit_batch(batch))
+                if self._backoff:
+                    return
             if self._has_work():
-                self._schedule_commit()  # the next batch of large puts, next turn
+                self._schedule_commit()
         elif self._in_flight is None:
-            self._in_flight = self._take_pending()
-            self._writer.submit(self._in_flight)
+            self._submit_next()
 
     def _has_work(self) -> bool:
-        pending = self._pending
-        return bool(self._deferred or pending.listeners) or not pending.is_empty()
+        return bool(self._large) or self._small_ready()
 
-    def _take_pending(self) -> _Batch:
-        """The earliest batch, to commit; the next (if any) becomes the earliest."""
-        batch = self._pending
-        while self._deferred_bytes > _DEFERRED_HIGH_BYTES:
-            self._absorb_next_deferred(batch)  # a backlog: commit more per batch
-        if self._deferred:
-            self._pending = self._deferred.popleft()
-            self._deferred_bytes -= self._pending.large_bytes
-        else:
+    def _next_batch(self) -> _Batch | None:
+        """Take the batch to commit next, alternating the lanes when both have one."""
+        pending = self._pending
+        small_ready = self._small_ready()
+        large_ready = bool(self._large) and self._may_commit(self._large[0])
+        if large_ready and (self._large_turn or not small_ready):
+            self._large_turn = False
+            return self._take_large()
+        if small_ready:
+            self._large_turn = True
             self._ticket += 1
             self._pending = _Batch(ticket=self._ticket)
-        return batch
+            return pending
+        return None
 
-    def _absorb_next_deferred(self, batch: _Batch) -> None:
-        later = self._deferred.popleft()
-        self._deferred_bytes -= later.large_bytes
-        batch.absorb(later)
+    def _small_ready(self) -> bool:
+        pending = self._pending
+        return bool(pending.listeners) or not pending.is_empty()
+
+    def _may_commit(self, large: _Batch) -> bool:
+        """A large batch goes after the small batch open when it was written to, if that
+        one holds anything (a removal answered before the large set arrived, say)."""
+        return large.after < self._pending.ticket or not self._small_ready()
+
+    def _take_large(self) -> _Batch:
+        batch = self._large.popleft()
+        self._large_bytes -= batch.large_bytes
+        while (
+            self._large_bytes > _LARGE_BACKLOG_BYTES
+            and self._large
+            and self._may_commit(self._large[0])
+        ):
+            later = self._large.popleft()  # a backlog: commit more per batch to catch up
+            self._large_bytes -= later.large_bytes
+            batch.absorb(later)
+        return batch
 
     def _writer_done(self) -> None:
         """Runs in the writer thread: wake the reactor to deliver the results."""
@@ -483,9 +518,15 @@ class LmdbStore:
                 self._in_flight = None
             self._finish(batch, error)
         idle = resubmit and not self._backoff and self._in_flight is None and not self._closed
-        if idle and self._has_work():
-            self._in_flight = self._take_pending()
-            self._writer.submit(self._in_flight)
+        if idle:
+            self._submit_next()
+
+    def _submit_next(self) -> None:
+        assert self._writer is not None
+        batch = self._next_batch()
+        if batch is not None:
+            self._in_flight = batch
+            self._writer.submit(batch)
 
     def _finish(self, batch: _Batch, error: StoreError | None) -> None:
         if error is None:

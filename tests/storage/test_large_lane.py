@@ -1,0 +1,199 @@
+"""Large items ride their own lane of commits (LmdbStore on a real LMDB in tmp_path).
+
+What must hold: a small write commits without waiting behind a backlog of large items;
+large items still commit in order, no earlier than the removals staged before them
+(PROTOCOL.md §12); and a staged large put can be cancelled, dropped, truncated and read
+back like any other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from kestrelpy.storage.lmdb_store import LARGE_ITEM, LmdbStore
+
+BIG = 600 * 1024  # two do not fit one large batch (about 1 MiB), so each rides its own
+SMALL = b"s" * 64
+
+
+class ThreadClock(Clock):
+    """A Clock that queues ``callFromThread`` calls (from the writer thread) for the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self.arrived = threading.Event()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            self._calls.append((f, args))
+        self.arrived.set()
+
+    def deliver_one_commit(self) -> None:
+        """Wait (with a deadline) for the writer's next result and run it here."""
+        assert self.arrived.wait(10.0), "the writer reported nothing within 10 s"
+        self.arrived.clear()
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for f, args in calls:
+            f(*args)
+
+
+@pytest.fixture
+def clock() -> ThreadClock:
+    return ThreadClock()
+
+
+@pytest.fixture
+def open_store(tmp_path: Path, clock: ThreadClock) -> Iterator[Callable[..., LmdbStore]]:
+    stores: list[LmdbStore] = []
+
+    def build(sync: str = "never") -> LmdbStore:
+        store = LmdbStore(tmp_path / "db", clock, sync=sync)  # type: ignore[arg-type]
+        stores.append(store)
+        return store
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+def big(item_id: int) -> bytes:
+    return bytes([65 + item_id % 26]) * BIG
+
+
+def items_on_disk(store: LmdbStore, name: str) -> int:
+    (record,) = [r for r in store.load_queues() if r.name == name]
+    return record.items
+
+
+def test_a_large_put_gets_a_ticket_of_its_own(open_store: Callable[..., LmdbStore]) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    store.put(qid, 0, 0, 0, 0, SMALL)
+    small_only = store.take_write_tickets()
+    store.put(qid, 1, 0, 0, 0, big(1))
+    with_large = store.take_write_tickets()
+    assert len(small_only) == 1
+    assert len(with_large) == 2 and with_large[0] == small_only[0]
+    assert with_large[1] != with_large[0]
+    assert store.take_write_tickets() == small_only  # taking resets what was written
+
+
+def test_a_small_write_does_not_wait_behind_a_large_backlog(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("big", 0)
+    small_qid = store.create_queue("small", 0)
+    clock.advance(0)
+    commits = store.commits
+    heard: list[str] = []
+    for item_id in range(4):
+        store.put(qid, item_id, 0, 0, 0, big(item_id))
+        (_small, large) = store.take_write_tickets()
+        store.when_committed(lambda ok, n=item_id: heard.append(f"big{n}"), large)
+    store.put(small_qid, 0, 0, 0, 0, SMALL)
+    (ticket,) = store.take_write_tickets()
+    store.when_committed(lambda ok: heard.append("small"), ticket)
+    clock.advance(0)
+    assert heard == ["small", "big0", "big1", "big2", "big3"]
+    assert store.commits - commits == 5  # one small batch, then one large batch each
+    assert items_on_disk(store, "big") == 4
+    assert items_on_disk(store, "small") == 1
+
+
+def test_a_large_batch_never_commits_before_removals_staged_earlier(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    """Under the writer thread the lanes alternate; a removal still goes first."""
+    store = open_store("always")
+    qid = store.create_queue("q", 0)
+    store.put(qid, 0, 0, 0, 0, SMALL)
+    store.when_committed(lambda ok: None)
+    clock.advance(0)  # the writer takes the small batch; a large one would be next
+    store.delete(qid, 0, len(SMALL))  # answered now: must be on disk before the next STORED
+    store.put(qid, 1, 0, 0, 0, big(1))
+    order: list[str] = []
+    small, large = store.take_write_tickets()
+    store.when_committed(lambda ok: order.append("large"), large)
+    store.when_committed(lambda ok: order.append("removal"), small)
+    while len(order) < 2:
+        clock.deliver_one_commit()
+    assert order == ["removal", "large"]
+    assert items_on_disk(store, "q") == 1
+
+
+def test_a_large_put_read_before_its_commit_leaves_nothing(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    store.put(qid, 0, 0, 0, 0, big(0))
+    store.put(qid, 1, 0, 0, 0, big(1))
+    (first, second) = store.read_items(qid, 0, 2, 10, 10 * BIG)
+    assert (first.data, second.data) == (big(0), big(1))
+    store.delete(qid, 1, BIG)  # taken before its batch committed
+    clock.advance(0)
+    assert items_on_disk(store, "q") == 1
+    assert [item.item_id for item in store.read_items(qid, 0, 2, 10, 10 * BIG)] == [0]
+
+
+def test_dropping_a_queue_drops_its_staged_large_puts(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    for item_id in range(3):
+        store.put(qid, item_id, 0, 0, 0, big(item_id))
+    store.drop_queue("q", qid)
+    clock.advance(0)
+    assert store.load_queues() == []
+    assert store.read_items(qid, 0, 3, 10, 10 * BIG) == []
+    assert not store.has_pending_writes
+
+
+def test_truncating_drops_staged_large_puts_in_range(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    for item_id in range(3):
+        store.put(qid, item_id, 0, 0, 0, big(item_id))
+    store.truncate(qid, 0, 2)
+    clock.advance(0)
+    assert [item.item_id for item in store.read_items(qid, 0, 3, 10, 10 * BIG)] == [2]
+    assert items_on_disk(store, "q") == 1
+
+
+def test_a_large_backlog_is_caught_up_in_bigger_commits(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    clock.advance(0)
+    commits = store.commits
+    count = 64  # 64 x 600 KiB = 37.5 MiB staged, over the 32 MiB backlog mark
+    for item_id in range(count):
+        store.put(qid, item_id, 0, 0, 0, big(item_id))
+    clock.advance(0)
+    assert items_on_disk(store, "q") == count
+    assert store.commits - commits < count  # some batches were merged to catch up
+
+
+def test_items_just_under_the_large_size_ride_with_small_writes(
+    open_store: Callable[..., LmdbStore],
+) -> None:
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    store.put(qid, 0, 0, 0, 0, b"x" * (LARGE_ITEM - 1))
+    assert len(store.take_write_tickets()) == 1
+    store.put(qid, 1, 0, 0, 0, b"x" * LARGE_ITEM)
+    assert len(store.take_write_tickets()) == 2
