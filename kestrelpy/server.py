@@ -170,8 +170,7 @@ class MemcacheConnection(TwistedProtocol):
 
     def _settle(self, wrote: bool) -> None:
         """After a run: hold output behind the commit of its writes, or send it now."""
-        if wrote:
-            tickets = self._commits.take_write_tickets()
+        if wrote and (tickets := self._commits.take_write_tickets()):
             holds = self._holds
             last = holds[-1] if holds else None
             if last is not None and last.tickets == tickets and last.waiting == len(tickets):
@@ -204,14 +203,19 @@ class MemcacheConnection(TwistedProtocol):
         if not end:
             return
         out = self._out
-        parts = out[:end]
-        del out[:end]
+        if end == 1 and len(out) == 1:  # one request, one reply: the common case
+            data = out.pop()
+            if type(data) is Durable:
+                data = data.ok if ok else COMMIT_FAILED
+        else:
+            parts = out[:end]
+            del out[:end]
+            for index, part in enumerate(parts):
+                if type(part) is Durable:
+                    parts[index] = part.ok if ok else COMMIT_FAILED
+            data = b"".join(parts)
         if self._gone:
             return
-        for index, part in enumerate(parts):
-            if type(part) is Durable:
-                parts[index] = part.ok if ok else COMMIT_FAILED
-        data = b"".join(parts)
         self._ctx.stats.bytes_written += len(data)
         self._write(data)
 

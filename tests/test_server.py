@@ -111,6 +111,34 @@ def test_two_writes_in_one_turn_share_one_commit(kp: MakeHarness) -> None:
     assert first.take() == second.take() == b"STORED\r\n"
 
 
+def test_a_set_handed_to_a_blocked_reader_needs_no_commit(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    assert reader.ask(b"get q/t=1000\r\n") == b""  # creates q (committed now) and waits
+    commits = h.store.commits
+    writer.send(set_req(b"q", b"x"))
+    assert reader.take() == value(b"q/t=1000", b"x")
+    assert writer.take() == b"STORED\r\n"  # nothing to store: no commit to wait for
+    h.run_until_idle()
+    assert h.store.commits == commits
+
+
+def test_a_handed_over_set_still_waits_for_an_earlier_removal(kp: MakeHarness) -> None:
+    """PROTOCOL.md 12: a STORED follows the commit of every removal answered before."""
+    h = kp()
+    first, reader, writer = h.connect(), h.connect(), h.connect()
+    fill(first, b"q", b"old")
+    assert first.ask(b"get q\r\n") == value(b"q", b"old")  # its removal is still staged
+    assert reader.ask(b"get q/t=1000\r\n") == b""
+    commits = h.store.commits
+    writer.send(set_req(b"q", b"new"))
+    assert reader.take() == value(b"q/t=1000", b"new")
+    assert writer.take() == b""
+    h.settle()
+    assert h.store.commits == commits + 1
+    assert writer.take() == b"STORED\r\n"
+
+
 def test_a_small_set_is_answered_before_a_backlog_of_large_sets(kp: MakeHarness) -> None:
     """Large items commit in a lane of their own, about 1 MiB per commit."""
     h = kp()

@@ -383,8 +383,12 @@ class LmdbStore:
 
         The batch of small writes, and the large batches written to. The large ones commit
         after that small batch anyway (``after``), so waiting for it too costs nothing.
+        None at all when nothing is staged or committing: the writes left nothing to store
+        (an item handed straight to a reader) and no earlier removal is still uncommitted.
         """
         if not self._wrote_large:
+            if self._in_flight is None and self._pending.is_empty():
+                return ()
             return (self._pending.ticket,)
         staged = {batch.ticket for batch in self._large}  # not gone with an earlier commit
         tickets = [ticket for ticket in self._wrote_large if ticket in staged]
