@@ -123,6 +123,20 @@ def test_a_set_handed_to_a_blocked_reader_needs_no_commit(kp: MakeHarness) -> No
     assert h.store.commits == commits
 
 
+def test_a_set_handed_to_a_blocked_open_read_is_stored(kp: MakeHarness) -> None:
+    """An open item must survive a crash until it is closed: it is written first."""
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    assert reader.ask(b"get q/t=1000/open\r\n") == b""
+    writer.send(set_req(b"q", b"x"))
+    assert reader.take() == value(b"q/t=1000/open", b"x")
+    assert writer.take() == b""
+    h.settle()
+    assert writer.take() == b"STORED\r\n"
+    (record,) = [r for r in h.store.load_queues() if r.name == "q"]
+    assert (record.items, record.payload_bytes) == (1, 1)
+
+
 def test_a_handed_over_set_still_waits_for_an_earlier_removal(kp: MakeHarness) -> None:
     """PROTOCOL.md 12: a STORED follows the commit of every removal answered before."""
     h = kp()

@@ -126,16 +126,16 @@ class Queue:
             return False
         item_id = self._tail
         self._tail = item_id + 1
-        if config.keep_journal:
-            self._store.put(self.queue_id, item_id, flags, expiry_ms, now_ms, data)
         item = Item(item_id, flags, expiry_ms, now_ms, data)
         self.total_items += 1
         if config.enable_trace:
             self._trace("put", item)
-        if self._waiters and self._hand_to_waiter(item, now_ms):
+        if self._waiters and self._hand_to_waiter(item, now_ms, stored=False):
             if self._disk_from == item_id:
                 self._disk_from = item_id + 1  # it never waited, so it must not be read back
             return True
+        if config.keep_journal:
+            self._store.put(self.queue_id, item_id, flags, expiry_ms, now_ms, data)
         self.items += 1
         self.bytes += size
         self._remember(item)
@@ -365,8 +365,12 @@ class Queue:
             self._waiters = deque(w for w in self._waiters if w.active)
             self._dead_waiters = 0
 
-    def _hand_to_waiter(self, item: Item, now_ms: int) -> bool:
-        """Give a new or returned item to the oldest blocked reader; True if it took it."""
+    def _hand_to_waiter(self, item: Item, now_ms: int, *, stored: bool = True) -> bool:
+        """Give a new or returned item to the oldest blocked reader; True if it took it.
+
+        A new item is not ``stored`` yet: a plain reader takes it without it ever being
+        written, an open read stores it first (it must survive until closed).
+        """
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
@@ -379,10 +383,19 @@ class Queue:
                 waiter.deliver(item)
                 continue
             if waiter.mode == OPEN:
+                if not stored and self.config.keep_journal:
+                    self._store.put(
+                        self.queue_id,
+                        item.item_id,
+                        item.flags,
+                        item.expiry_ms,
+                        item.added_ms,
+                        item.data,
+                    )
                 self.open_transactions += 1
                 self.open_bytes += len(item.data)
                 self.transactions += 1
-            else:
+            elif stored:
                 self._consume(item)
             self.age_ms = max(now_ms - item.added_ms, 0)
             waiter.deliver(item)
