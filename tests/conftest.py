@@ -10,12 +10,16 @@ Fixtures:
 
 - ``kp``: a :class:`Harness` factory, ``kp(config_text=...)``; every service it built is
   stopped (its store closed) at teardown.
+- ``clock``, ``open_store``: a bare :class:`LmdbStore` factory on a :class:`ThreadClock`,
+  for the store's own tests (its writer thread reports through ``callFromThread``).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.error import ConnectionDone
@@ -166,3 +170,49 @@ def kp(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     yield build
     for harness in harnesses:
         harness.close_all()
+
+
+class ThreadClock(Clock):
+    """A Clock that also accepts ``callFromThread`` (from the writer thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._from_threads: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._arrived = threading.Event()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            self._from_threads.append((f, args))
+        self._arrived.set()
+
+    def wait_for_thread_call(self, timeout_s: float = 10.0) -> None:
+        """Block until some thread called callFromThread (an event with a deadline)."""
+        assert self._arrived.wait(timeout_s), "no callFromThread within the deadline"
+        self._arrived.clear()
+
+    def run_thread_calls(self) -> int:
+        with self._lock:
+            calls, self._from_threads = self._from_threads, []
+        for f, args in calls:
+            f(*args)
+        return len(calls)
+
+
+@pytest.fixture
+def clock() -> ThreadClock:
+    return ThreadClock()
+
+
+@pytest.fixture
+def open_store(tmp_path: Path, clock: ThreadClock) -> Iterator[Callable[..., LmdbStore]]:
+    stores: list[LmdbStore] = []
+
+    def build(sync: str = "never", path: Path | None = None) -> LmdbStore:
+        store = LmdbStore(path or tmp_path / "db", clock, sync=sync)  # type: ignore[arg-type]
+        stores.append(store)
+        return store
+
+    yield build
+    for store in stores:
+        store.close()

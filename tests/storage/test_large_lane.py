@@ -8,13 +8,9 @@ back like any other.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import pytest
-from twisted.internet.task import Clock
+from conftest import ThreadClock
 
 from kestrelpy.storage.lmdb_store import LARGE_ITEM, LmdbStore
 
@@ -22,51 +18,14 @@ BIG = 600 * 1024  # two do not fit one large batch (about 1 MiB), so each rides 
 SMALL = b"s" * 64
 
 
-class ThreadClock(Clock):
-    """A Clock that queues ``callFromThread`` calls (from the writer thread) for the test."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        self.arrived = threading.Event()
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
-        with self._lock:
-            self._calls.append((f, args))
-        self.arrived.set()
-
-    def deliver_one_commit(self) -> None:
-        """Wait (with a deadline) for the writer's next result and run it here."""
-        assert self.arrived.wait(10.0), "the writer reported nothing within 10 s"
-        self.arrived.clear()
-        with self._lock:
-            calls, self._calls = self._calls, []
-        for f, args in calls:
-            f(*args)
-
-
-@pytest.fixture
-def clock() -> ThreadClock:
-    return ThreadClock()
-
-
-@pytest.fixture
-def open_store(tmp_path: Path, clock: ThreadClock) -> Iterator[Callable[..., LmdbStore]]:
-    stores: list[LmdbStore] = []
-
-    def build(sync: str = "never") -> LmdbStore:
-        store = LmdbStore(tmp_path / "db", clock, sync=sync)  # type: ignore[arg-type]
-        stores.append(store)
-        return store
-
-    yield build
-    for store in stores:
-        store.close()
-
-
 def big(item_id: int) -> bytes:
     return bytes([65 + item_id % 26]) * BIG
+
+
+def stage_large(store: LmdbStore, qid: int, count: int) -> None:
+    """Stage ``count`` large puts (ids 0 up) in queue ``qid``, one large batch each."""
+    for item_id in range(count):
+        store.put(qid, item_id, 0, 0, 0, big(item_id))
 
 
 def items_on_disk(store: LmdbStore, name: str) -> int:
@@ -126,7 +85,8 @@ def test_a_large_batch_never_commits_before_removals_staged_earlier(
     store.when_committed(lambda ok: order.append("large"), large)
     store.when_committed(lambda ok: order.append("removal"), small)
     while len(order) < 2:
-        clock.deliver_one_commit()
+        clock.wait_for_thread_call()
+        clock.run_thread_calls()
     assert order == ["removal", "large"]
     assert items_on_disk(store, "q") == 1
 
@@ -136,8 +96,7 @@ def test_a_large_put_read_before_its_commit_leaves_nothing(
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
-    store.put(qid, 0, 0, 0, 0, big(0))
-    store.put(qid, 1, 0, 0, 0, big(1))
+    stage_large(store, qid, 2)
     (first, second) = store.read_items(qid, 0, 2, 10, 10 * BIG)
     assert (first.data, second.data) == (big(0), big(1))
     store.delete(qid, 1, BIG)  # taken before its batch committed
@@ -151,8 +110,7 @@ def test_dropping_a_queue_drops_its_staged_large_puts(
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
-    for item_id in range(3):
-        store.put(qid, item_id, 0, 0, 0, big(item_id))
+    stage_large(store, qid, 3)
     store.drop_queue("q", qid)
     clock.advance(0)
     assert store.load_queues() == []
@@ -165,8 +123,7 @@ def test_truncating_drops_staged_large_puts_in_range(
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
-    for item_id in range(3):
-        store.put(qid, item_id, 0, 0, 0, big(item_id))
+    stage_large(store, qid, 3)
     store.truncate(qid, 0, 2)
     clock.advance(0)
     assert [item.item_id for item in store.read_items(qid, 0, 3, 10, 10 * BIG)] == [2]
@@ -181,8 +138,7 @@ def test_a_large_backlog_is_caught_up_in_bigger_commits(
     clock.advance(0)
     commits = store.commits
     count = 64  # 64 x 600 KiB = 37.5 MiB staged, over the 32 MiB backlog mark
-    for item_id in range(count):
-        store.put(qid, item_id, 0, 0, 0, big(item_id))
+    stage_large(store, qid, count)
     clock.advance(0)
     assert items_on_disk(store, "q") == count
     assert store.commits - commits < count  # some batches were merged to catch up

@@ -11,65 +11,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_until_idle
+from conftest import ThreadClock, run_until_idle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from kestrelpy.errors import KestrelpyError, StoreError
 from kestrelpy.storage.lmdb_store import LmdbStore, QueueRecord, StoredItem, inspect_store
-
-
-class ThreadClock(Clock):
-    """A Clock that also accepts ``callFromThread`` (from the writer thread)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._from_threads: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        self._arrived = threading.Event()
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
-        with self._lock:
-            self._from_threads.append((f, args))
-        self._arrived.set()
-
-    def wait_for_thread_call(self, timeout_s: float = 10.0) -> None:
-        """Block until some thread called callFromThread (an event with a deadline)."""
-        assert self._arrived.wait(timeout_s), "no callFromThread within the deadline"
-        self._arrived.clear()
-
-    def run_thread_calls(self) -> int:
-        with self._lock:
-            calls, self._from_threads = self._from_threads, []
-        for f, args in calls:
-            f(*args)
-        return len(calls)
-
-
-@pytest.fixture
-def clock() -> ThreadClock:
-    return ThreadClock()
-
-
-@pytest.fixture
-def open_store(tmp_path: Path, clock: ThreadClock) -> Iterator[Callable[..., LmdbStore]]:
-    stores: list[LmdbStore] = []
-
-    def build(sync: str = "never", path: Path | None = None) -> LmdbStore:
-        store = LmdbStore(path or tmp_path / "db", clock, sync=sync)  # type: ignore[arg-type]
-        stores.append(store)
-        return store
-
-    yield build
-    for store in stores:
-        store.close()
 
 
 def record_of(store: LmdbStore, name: str) -> QueueRecord:
