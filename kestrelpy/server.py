@@ -40,6 +40,8 @@ class CommitGate(Protocol):
 
     def take_write_tickets(self) -> tuple[int, ...]: ...
 
+    def wait_also_for(self, tickets: Iterable[int]) -> None: ...
+
     def when_committed(self, listener: Any, ticket: int | None = None) -> None: ...
 
 
@@ -250,6 +252,10 @@ class MemcacheConnection(TwistedProtocol):
         """A blocked read sent something; ``code`` DONE means it ended (item, timeout or
         queue deleted) and the pipeline continues, BLOCKED that it goes on (monitor)."""
         self._out.extend(replies)
+        if self._holds:
+            # Our replies wait for commits: whoever handed us an item must not be told
+            # STORED before we have it (else a crash in between loses an acked item).
+            self._commits.wait_also_for(t for hold in self._holds for t in hold.tickets)
         if code == BLOCKED:
             self._settle(False)
             return

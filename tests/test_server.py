@@ -57,6 +57,20 @@ def drain(conn: Conn, queue: bytes) -> list[bytes]:
         found.append(data)
 
 
+def write_order(**conns: Conn) -> list[str]:
+    """A list that records, by name, which connection the server writes to, in order."""
+    order: list[str] = []
+    for name, conn in conns.items():
+        write = conn.transport.write
+
+        def logged(data: bytes, name: str = name, write: Any = write) -> None:
+            order.append(name)
+            write(data)
+
+        conn.transport.write = logged  # type: ignore[method-assign]
+    return order
+
+
 def queue_stat(harness: Harness, queue: str, key: str) -> object:
     return getattr(harness.collection.get(queue), key)
 
@@ -153,20 +167,29 @@ def test_a_handed_over_set_still_waits_for_an_earlier_removal(kp: MakeHarness) -
     assert writer.take() == b"STORED\r\n"
 
 
+def test_a_set_handed_to_a_reader_with_held_replies_waits_for_them(kp: MakeHarness) -> None:
+    """A STORED must not leave before the reader the item went to has it: a crash in
+    between would lose an acknowledged item."""
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    h.connect().ask(b"get big\r\nget q\r\n")  # creates both queues now
+    big = b"b" * (100 * 1024)
+    reader.send(set_req(b"big", big) + b"get q/t=5000\r\n")  # STORED held, then it waits
+    order = write_order(reader=reader, writer=writer)
+    writer.send(set_req(b"q", b"abc"))
+    assert writer.take() == reader.take() == b""
+    h.settle()
+    assert reader.take() == b"STORED\r\n" + value(b"q/t=5000", b"abc")
+    assert writer.take() == b"STORED\r\n"
+    assert order == ["reader", "writer"]
+
+
 def test_a_small_set_is_answered_before_a_backlog_of_large_sets(kp: MakeHarness) -> None:
     """Large items commit in a lane of their own, about 1 MiB per commit."""
     h = kp()
     bulk, quick = h.connect(), h.connect()
     h.connect().ask(b"get big\r\nget small\r\n")  # creates both queues now
-    order: list[str] = []
-    for name, conn in (("bulk", bulk), ("quick", quick)):
-        write = conn.transport.write
-
-        def logged(data: bytes, name: str = name, write: Any = write) -> None:
-            order.append(name)
-            write(data)
-
-        conn.transport.write = logged  # type: ignore[method-assign]
+    order = write_order(bulk=bulk, quick=quick)
     big = b"b" * (600 * 1024)
     bulk.send(set_req(b"big", big) * 3)
     quick.send(set_req(b"small", b"x"))

@@ -34,7 +34,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Literal, NamedTuple
@@ -102,6 +102,7 @@ class _Batch:
         "after",
         "deletes",
         "dropped_queues",
+        "is_large",
         "large_bytes",
         "listeners",
         "new_queues",
@@ -125,6 +126,7 @@ class _Batch:
         self.listeners: list[CommitListener] = []
         self.large_bytes = 0  # payload bytes of the large items among ``puts``
         self.after = 0  # a large batch commits after the small batch with this ticket
+        self.is_large = False  # a batch of the large-item lane
 
     def is_empty(self) -> bool:
         return not (
@@ -214,7 +216,9 @@ class LmdbStore:
         self._large: deque[_Batch] = deque()  # batches of large puts, in commit order
         self._large_bytes = 0
         self._large_turn = False  # the writer's last batch was a small one: a large goes next
-        self._wrote_large: list[int] = []  # since take_write_tickets: large batches written
+        # Since take_write_tickets: batches besides _pending its caller must wait for (the
+        # large batches it wrote to, and those a reader it handed an item to waits for).
+        self._wait_also: list[int] = []
         self._in_flight: _Batch | None = None
         self._commit_scheduled = False
         self._backoff = False  # a commit failed: wait _RETRY_PAUSE_S before the next
@@ -274,12 +278,13 @@ class LmdbStore:
         if batch is None or (batch.large_bytes and batch.large_bytes + size > _BATCH_LARGE_BYTES):
             self._ticket += 1
             batch = _Batch(ticket=self._ticket)
+            batch.is_large = True
             self._large.append(batch)
         batch.after = self._pending.ticket  # removals answered so far commit first
         batch.large_bytes += size
         self._large_bytes += size
-        if batch.ticket not in self._wrote_large:
-            self._wrote_large.append(batch.ticket)
+        if batch.ticket not in self._wait_also:
+            self._wait_also.append(batch.ticket)
         return batch
 
     def delete(self, queue_id: int, item_id: int, payload_size: int) -> None:
@@ -323,33 +328,38 @@ class LmdbStore:
         """Items with ``from_id <= id < end_id`` in id order, committed or not yet committed.
 
         Runs on the reactor thread; used only to refill a queue's read-ahead window, so a
-        backlog lives on disk rather than in Python objects.
+        backlog lives on disk rather than in Python objects. Each lane commits in id order
+        but the lanes interleave (a large item may still be staged while later small ones
+        are committed), so committed and staged items are merged by id.
         """
         found: list[StoredItem] = []
         budget = max_bytes
-        next_id = from_id
-        end_key = _KEY.pack(queue_id, end_id)
-        with self._env_lock, self._env.begin(buffers=True) as txn:
-            cursor = txn.cursor(db=self._items_db)
-            if cursor.set_range(_KEY.pack(queue_id, from_id)):
-                for key, value in cursor:
-                    if bytes(key) >= end_key or len(found) >= max_items or budget <= 0:
-                        break
-                    item = _decode(bytes(key), value)
-                    found.append(item)
-                    budget -= len(item.data)
-                    next_id = item.item_id + 1
         staged_in = [self._pending.puts, *(batch.puts for batch in self._large)]
         if self._in_flight is not None:
             staged_in.append(self._in_flight.puts)
-        while next_id < end_id and len(found) < max_items and budget > 0:
-            key = _KEY.pack(queue_id, next_id)
-            staged = next((puts[key] for puts in staged_in if key in puts), None)
-            if staged is not None:
-                item = _decode(key, memoryview(staged))
+        anything_staged = any(staged_in)
+        end_key = _KEY.pack(queue_id, end_id)
+        next_id = from_id
+        with self._env_lock, self._env.begin(buffers=True) as txn:
+            cursor = txn.cursor(db=self._items_db)
+            disk_id = _position(cursor, cursor.set_range(_KEY.pack(queue_id, from_id)), end_key)
+            while next_id < end_id and len(found) < max_items and budget > 0:
+                if next_id < min(disk_id, end_id):
+                    if not anything_staged:
+                        next_id = disk_id  # nothing staged can fill the gap
+                        continue
+                    key = _KEY.pack(queue_id, next_id)
+                    staged = next((puts[key] for puts in staged_in if key in puts), None)
+                    next_id += 1
+                    if staged is None:
+                        continue
+                    item = _decode(key, memoryview(staged))
+                else:
+                    item = _decode(bytes(cursor.key()), cursor.value())
+                    next_id = disk_id + 1
+                    disk_id = _position(cursor, cursor.next(), end_key)
                 found.append(item)
                 budget -= len(item.data)
-            next_id += 1
         return found
 
     # ----------------------------------------------------------------- small records
@@ -386,21 +396,37 @@ class LmdbStore:
         None at all when nothing is staged or committing: the writes left nothing to store
         (an item handed straight to a reader) and no earlier removal is still uncommitted.
         """
-        if not self._wrote_large:
+        if not self._wait_also:
             if self._in_flight is None and self._pending.is_empty():
                 return ()
             return (self._pending.ticket,)
-        staged = {batch.ticket for batch in self._large}  # not gone with an earlier commit
-        tickets = [ticket for ticket in self._wrote_large if ticket in staged]
-        self._wrote_large = []
-        return (self._pending.ticket, *tickets)
+        live = {batch.ticket for batch in self._large}  # not gone with an earlier commit
+        if self._in_flight is not None:
+            live.add(self._in_flight.ticket)
+        tickets = [self._pending.ticket]
+        tickets += [t for t in dict.fromkeys(self._wait_also) if t in live and t not in tickets]
+        self._wait_also = []
+        return tuple(tickets)
+
+    def wait_also_for(self, tickets: Iterable[int]) -> None:
+        """The next ``take_write_tickets`` caller must also wait for these batches.
+
+        For a writer whose item went straight to a reader with replies still held back
+        by commits: its ``STORED`` must not leave before the reader has the item, or a
+        crash in between would lose an acknowledged item.
+        """
+        self._wait_also.extend(tickets)
 
     def when_committed(self, listener: CommitListener, ticket: int | None = None) -> None:
-        """Call ``listener(ok)`` once the staged batch ``ticket`` (default: the batch of
-        small writes) has committed or failed."""
+        """Call ``listener(ok)`` once the batch ``ticket`` (default: the batch of small
+        writes; else one staged or committing now) has committed or failed."""
         batch = self._pending
         if ticket is not None and ticket != batch.ticket:
-            batch = next(b for b in self._large if b.ticket == ticket)
+            in_flight = self._in_flight
+            if in_flight is not None and in_flight.ticket == ticket:
+                batch = in_flight
+            else:
+                batch = next(b for b in self._large if b.ticket == ticket)
         batch.listeners.append(listener)
         self._schedule_commit()
 
@@ -413,11 +439,11 @@ class LmdbStore:
         if self._writer is not None:
             self._writer.drain()
             self._deliver_writer_results(resubmit=False)
-        for _batch in range(len(self._large) + 1):  # once each: a failure is not retried
-            batch = self._next_batch()
-            if batch is None:
-                break
-            self._finish(batch, self._commit_batch(batch))
+        while (batch := self._next_batch()) is not None:
+            error = self._commit_batch(batch)
+            self._finish(batch, error)
+            if error is not None:
+                break  # not retried here; the large batches that were to follow it failed too
 
     def close(self) -> None:
         """Commit what is staged, fsync, and close the environment."""
@@ -554,6 +580,19 @@ class LmdbStore:
             self._schedule_commit_later()
         for listener in batch.listeners:
             listener(error is None)
+        if error is not None and not batch.is_large:
+            self._fail_large_after(batch, error)
+
+    def _fail_large_after(self, failed: _Batch, error: StoreError) -> None:
+        """Large batches that were to commit after a failed small one fail with it.
+
+        Their writers may share a reply batch with writes of the failed one; failing them
+        too keeps every reply of a client's batch true (stored, or refused and not stored).
+        """
+        for batch in [b for b in self._large if b.after <= failed.ticket]:
+            self._large.remove(batch)
+            self._large_bytes -= batch.large_bytes
+            self._finish(batch, error)
 
     def _schedule_commit_later(self) -> None:
         """After a failure, pause commits (retrying at once would spin on a full disk)."""
@@ -792,6 +831,14 @@ def _reserve(path: Path, size: int) -> None:
 def _decode(key: bytes, value: Any) -> StoredItem:
     flags, expiry_ms, added_ms = _HEADER.unpack_from(value)
     return StoredItem(_KEY.unpack(key)[1], flags, expiry_ms, added_ms, bytes(value[_HEADER_SIZE:]))
+
+
+def _position(cursor: Any, positioned: bool, end_key: bytes) -> int:
+    """The item id under ``cursor``, or a sentinel past every id once it is past ``end_key``."""
+    if not positioned:
+        return _MAX_ID
+    key = bytes(cursor.key())
+    return _MAX_ID if key >= end_key else int(_KEY.unpack(key)[1])
 
 
 def _queue_records(txn: Any, items_db: Any, queues_db: Any, meta_db: Any) -> list[QueueRecord]:

@@ -24,6 +24,7 @@ _STORAGE_VERBS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
 _INT = re.compile(rb"-?[0-9]{1,19}\Z")
 _GOOD_KEYS_MAX = 256
+_BLOCK_PREALLOCATE = 1024 * 1024 + 2  # a 1 MiB item and its trailer
 # The two requests a queue spends its life on, in their plain form (flags and exptime 0,
 # one key, "\r\n"): matched in one C call each. Anything else takes the general path.
 _KEY = rb"([^\x00-\x20\x7f]{1,250})"
@@ -225,7 +226,9 @@ class MemcacheParser:
             return pos
         self._pending_set = (verb, tokens, size)
         if len(data) - pos < size + 2:
-            self._block = bytearray(size + 2)
+            # Up to 1 MiB is allocated at once; beyond, the buffer doubles as data arrives,
+            # so a header alone cannot make the server hold item_size_max bytes.
+            self._block = bytearray(min(size + 2, _BLOCK_PREALLOCATE))
             self._block_filled = 0
             self._fill_block(memoryview(data)[pos:], requests)
             return len(data)
@@ -237,14 +240,16 @@ class MemcacheParser:
         Returns where parsing continues in ``data``, or -1 if all of it was block.
         """
         assert self._pending_set is not None
+        verb, tokens, size = self._pending_set
         block, filled = self._block, self._block_filled
-        taken = min(len(data), len(block) - filled)
+        taken = min(len(data), size + 2 - filled)
+        if filled + taken > len(block):
+            block.extend(bytes(min(size + 2, max(2 * len(block), filled + taken)) - len(block)))
         block[filled : filled + taken] = data if taken == len(data) else data[:taken]
         filled += taken
-        if filled < len(block):
+        if filled < size + 2:
             self._block_filled = filled
             return -1
-        verb, tokens, _size = self._pending_set
         self._pending_set = None
         self._block = bytearray()
         if block[-2:] != _CRLF:

@@ -105,6 +105,29 @@ def test_a_large_put_read_before_its_commit_leaves_nothing(
     assert [item.item_id for item in store.read_items(qid, 0, 2, 10, 10 * BIG)] == [0]
 
 
+def test_reads_merge_committed_small_items_with_large_ones_still_staged(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    """Small items after a large one may commit first: a read must not skip the large."""
+    store = open_store("always")
+    qid = store.create_queue("q", 0)
+    store.put(qid, 0, 0, 0, 0, SMALL)
+    for item_id in (1, 2):
+        store.put(qid, item_id, 0, 0, 0, big(item_id))
+    store.put(qid, 3, 0, 0, 0, SMALL)
+    (small, first_large, _second) = store.take_write_tickets()
+    heard: list[str] = []
+    store.when_committed(lambda ok: heard.append("small"), small)
+    store.when_committed(lambda ok: heard.append("large"), first_large)
+    clock.advance(0)  # the writer takes the small batch: items 0 and 3
+    while heard != ["small"]:
+        clock.wait_for_thread_call()
+        clock.run_thread_calls()  # ... and, once it is done, the first large batch
+    items = store.read_items(qid, 0, 4, 10, 10 * BIG)
+    assert [item.item_id for item in items] == [0, 1, 2, 3]
+    assert [len(item.data) for item in items] == [len(SMALL), BIG, BIG, len(SMALL)]
+
+
 def test_dropping_a_queue_drops_its_staged_large_puts(
     open_store: Callable[..., LmdbStore], clock: ThreadClock
 ) -> None:
@@ -153,3 +176,24 @@ def test_items_just_under_the_large_size_ride_with_small_writes(
     assert len(store.take_write_tickets()) == 1
     store.put(qid, 1, 0, 0, 0, b"x" * LARGE_ITEM)
     assert len(store.take_write_tickets()) == 2
+
+
+def test_a_failed_small_commit_fails_the_large_batches_behind_it(
+    open_store: Callable[..., LmdbStore], clock: ThreadClock
+) -> None:
+    """Replies to one client's batch may wait for both lanes: all true, or all refused."""
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    clock.advance(0)
+    lost: list[tuple[int, int, int]] = []
+    store.on_rollback(lost.extend)
+    store.set_record(b"r" * 600, b"x")  # LMDB refuses a key this long: the small batch fails
+    stage_large(store, qid, 1)
+    small, large = store.take_write_tickets()
+    heard: list[tuple[str, bool]] = []
+    store.when_committed(lambda ok: heard.append(("small", ok)), small)
+    store.when_committed(lambda ok: heard.append(("large", ok)), large)
+    clock.advance(0)
+    assert heard == [("small", False), ("large", False)]
+    assert lost == [(qid, 0, BIG)]
+    assert items_on_disk(store, "q") == 0

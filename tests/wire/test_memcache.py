@@ -8,6 +8,7 @@ out by hand rather than computed by the code under test.
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -190,6 +191,31 @@ def test_data_block_split_across_feeds() -> None:
         Retrieve(b"q", False),
     ]
     assert parser.feed(b" r\n") == [Retrieve(b"r", False)]
+
+
+@pytest.mark.parametrize("size", [1024 * 1024, 1024 * 1024 + 1, 3 * 1024 * 1024 + 7])
+def test_large_block_arriving_in_pieces(size: int) -> None:
+    """Up to 1 MiB the block is allocated at once; beyond, it grows as data arrives."""
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    stream = b"set big 0 0 %d\r\n" % size + payload + b"\r\nget big\r\n"
+    parser = MemcacheParser()
+    parsed: list[object] = []
+    for start in range(0, len(stream), 65536):
+        parsed += parser.feed(stream[start : start + 65536])
+    assert parsed == [Store(b"big", 0, 0, payload, False), Retrieve(b"big", False)]
+
+
+def test_a_set_header_alone_does_not_reserve_the_whole_item() -> None:
+    """A client that declares 16 MB and sends a byte cannot make the server hold 16 MB."""
+    parser = MemcacheParser()
+    tracemalloc.start()
+    try:
+        before, _peak = tracemalloc.get_traced_memory()
+        assert parser.feed(b"set q 0 0 16000000\r\nx") == []
+        after, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 2 * 1024 * 1024
 
 
 @pytest.mark.parametrize(
