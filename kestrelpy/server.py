@@ -140,7 +140,6 @@ class MemcacheConnection(TwistedProtocol):
     def _run(self, requests: Iterable[Request]) -> None:
         out = self._out
         execute = self._session.execute
-        wrote = False
         pending = iter(requests)
         countdown = _FLUSH_EVERY
         for request in pending:
@@ -148,7 +147,7 @@ class MemcacheConnection(TwistedProtocol):
             countdown -= 1
             if not countdown:
                 countdown = _FLUSH_EVERY
-                if not wrote and not self._holds:
+                if not self._holds:
                     # A long pipeline of reads: send what is ready, so that a client that
                     # does not read its replies makes the transport push back (below)
                     # before the replies pile up in memory.
@@ -159,7 +158,7 @@ class MemcacheConnection(TwistedProtocol):
             if not code:
                 continue
             if code == WROTE:
-                wrote = True
+                self._hold_for_write()
             elif code == BLOCKED:
                 self._blocked = True
                 self._backlog.extend(pending)
@@ -168,20 +167,30 @@ class MemcacheConnection(TwistedProtocol):
                 self._closing = True
                 self._backlog.clear()
                 break
-        self._settle(wrote)
+        self._settle()
 
-    def _settle(self, wrote: bool) -> None:
-        """After a run: hold output behind the commit of its writes, or send it now."""
-        if wrote and (tickets := self._commits.take_write_tickets()):
-            holds = self._holds
-            last = holds[-1] if holds else None
-            if last is not None and last.tickets == tickets and last.waiting == len(tickets):
-                last.end = len(self._out)  # the same commits are still ahead: wait with it
-            else:
-                hold = _Hold(tickets, len(self._out))
-                holds.append(hold)
-                for ticket in tickets:
-                    self._commits.when_committed(partial(self._committed, hold), ticket)
+    def _hold_for_write(self) -> None:
+        """Hold the output so far (ending with a write's reply) until that write commits.
+
+        One hold per write, merged with the previous one when they wait for the same
+        commits: a write then gets its own commit's verdict even when a neighbour in the
+        same pipeline rode another lane whose commit failed.
+        """
+        tickets = self._commits.take_write_tickets()
+        if not tickets:
+            return
+        holds = self._holds
+        last = holds[-1] if holds else None
+        if last is not None and last.tickets == tickets and last.waiting == len(tickets):
+            last.end = len(self._out)  # the same commits are still ahead: wait with it
+            return
+        hold = _Hold(tickets, len(self._out))
+        holds.append(hold)
+        for ticket in tickets:
+            self._commits.when_committed(partial(self._committed, hold), ticket)
+
+    def _settle(self) -> None:
+        """After a run: send the output now, unless it waits behind commits."""
         if not self._holds:
             self._send(len(self._out), True)
             if self._closing and not self._gone:
@@ -257,13 +266,13 @@ class MemcacheConnection(TwistedProtocol):
             # STORED before we have it (else a crash in between loses an acked item).
             self._commits.wait_also_for(t for hold in self._holds for t in hold.tickets)
         if code == BLOCKED:
-            self._settle(False)
+            self._settle()
             return
         self._blocked = False
         if self._backlog:
             # Not from inside the put that woke us: run the rest on a fresh stack.
             self._ctx.clock.callLater(0, self._drain_backlog)
-        self._settle(False)
+        self._settle()
 
     def _drain_backlog(self) -> None:
         if self._gone or self._blocked or self._throttled:

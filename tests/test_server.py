@@ -7,8 +7,11 @@ Connections are StringTransports, time is a Clock (see conftest.py). Under
 
 from __future__ import annotations
 
+import resource
 import shutil
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from conftest import DEFAULT_CONFIG, Conn, Harness
 
 from kestrelpy import __version__
 from kestrelpy.config import load_config
+from kestrelpy.handler import COMMIT_FAILED
 from kestrelpy.service import make_service
 
 VERSION = b"VERSION kestrelpy-" + __version__.encode() + b"\r\n"
@@ -184,6 +188,33 @@ def test_a_set_handed_to_a_reader_with_held_replies_waits_for_them(kp: MakeHarne
     assert order == ["reader", "writer"]
 
 
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes fail with EFBIG (SIGXFSZ ignored): a real write error."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_each_write_in_a_pipeline_gets_its_own_commits_verdict(kp: MakeHarness) -> None:
+    """A small set and a large one ride different commits; only the large one fails
+    (the store cannot grow its file), so only its reply says so."""
+    h = kp(config(item_size_max='"32MB"'))
+    conn = h.connect()
+    assert conn.ask(b"get q\r\n") == b"END\r\n"  # creates q now
+    big = b"b" * (17 * 1024 * 1024)  # more than the store's first 16 MiB map can take
+    with file_size_limit((h.data_dir / "data.mdb").stat().st_size):
+        conn.send(set_req(b"q", b"small") + set_req(b"q", big))
+        h.settle()
+    assert conn.take() == b"STORED\r\n" + COMMIT_FAILED
+    assert drain(conn, b"q") == [b"small"]
+
+
 def test_a_small_set_is_answered_before_a_backlog_of_large_sets(kp: MakeHarness) -> None:
     """Large items commit in a lane of their own, about 1 MiB per commit."""
     h = kp()
@@ -197,7 +228,7 @@ def test_a_small_set_is_answered_before_a_backlog_of_large_sets(kp: MakeHarness)
     h.settle()
     assert quick.take() == b"STORED\r\n"
     assert bulk.take() == b"STORED\r\n" * 3
-    assert order == ["quick", "bulk"]
+    assert order == ["quick", "bulk", "bulk", "bulk"]  # each large set as its commit ends
     assert drain(quick, b"big") == [big] * 3
 
 
