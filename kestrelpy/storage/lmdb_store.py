@@ -214,7 +214,6 @@ class LmdbStore:
         self._ticket = 0
         self._pending = _Batch(ticket=0)  # small writes, removals, records
         self._large: deque[_Batch] = deque()  # batches of large puts, in commit order
-        self._large_bytes = 0
         self._large_turn = False  # the writer's last batch was a small one: a large goes next
         # Since take_write_tickets: batches besides _pending its caller must wait for (the
         # large batches it wrote to, and those a reader it handed an item to waits for).
@@ -282,7 +281,6 @@ class LmdbStore:
             self._large.append(batch)
         batch.after = self._pending.ticket  # removals answered so far commit first
         batch.large_bytes += size
-        self._large_bytes += size
         if batch.ticket not in self._wait_also:
             self._wait_also.append(batch.ticket)
         return batch
@@ -291,10 +289,7 @@ class LmdbStore:
         """Remove an item in the next commit; a put still pending is simply cancelled."""
         key = _KEY.pack(queue_id, item_id)
         batch = self._pending
-        if batch.puts.pop(key, None) is not None:
-            if payload_size >= LARGE_ITEM:
-                batch.large_bytes -= payload_size
-        elif not self._cancel_large_put(key, payload_size):
+        if batch.puts.pop(key, None) is None and not self._cancel_large_put(key, payload_size):
             batch.deletes[key] = payload_size
             if self._lazy_commit is None and not self._commit_scheduled:
                 # Nobody waits for a removal: let it ride the next write's commit, or
@@ -311,16 +306,12 @@ class LmdbStore:
         for batch in self._large:
             if batch.puts.pop(key, None) is not None:
                 batch.large_bytes -= payload_size
-                self._large_bytes -= payload_size
                 return True
         return False
 
     def _drop_staged_puts(self, prefix: bytes, from_id: int = 0, below_id: int = _MAX_ID) -> None:
-        self._pending.drop_puts(prefix, from_id, below_id)
-        for batch in self._large:
-            before = batch.large_bytes
+        for batch in (self._pending, *self._large):
             batch.drop_puts(prefix, from_id, below_id)
-            self._large_bytes -= before - batch.large_bytes
 
     def read_items(
         self, queue_id: int, from_id: int, end_id: int, max_items: int, max_bytes: int
@@ -526,14 +517,10 @@ class LmdbStore:
 
     def _take_large(self) -> _Batch:
         batch = self._large.popleft()
-        self._large_bytes -= batch.large_bytes
-        while (
-            self._large_bytes > _LARGE_BACKLOG_BYTES
-            and self._large
-            and self._may_commit(self._large[0])
-        ):
+        backlog = sum(later.large_bytes for later in self._large)
+        while backlog > _LARGE_BACKLOG_BYTES and self._may_commit(self._large[0]):
             later = self._large.popleft()  # a backlog: commit more per batch to catch up
-            self._large_bytes -= later.large_bytes
+            backlog -= later.large_bytes
             batch.absorb(later)
         return batch
 
@@ -591,7 +578,6 @@ class LmdbStore:
         """
         for batch in [b for b in self._large if b.after <= failed.ticket]:
             self._large.remove(batch)
-            self._large_bytes -= batch.large_bytes
             self._finish(batch, error)
 
     def _schedule_commit_later(self) -> None:
