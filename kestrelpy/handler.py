@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -145,9 +145,7 @@ class Session:
             if not request.noreply:
                 out.append(self._error(b"CLIENT_ERROR bad queue name"))
             return DONE
-        refusal = self._refused(writes=True)
-        if refusal is not None:
-            out.append(refusal)
+        if self._refused(out, writes=True):
             return CLOSE
         flags = request.flags if self._settings.preserve_flags else 0
         accepted = self._collection.put(name, flags, request.exptime, request.data, now_ms())
@@ -190,9 +188,7 @@ class Session:
             if not options.open:
                 out.append(END)
                 return DONE
-        refusal = self._refused(writes=False)
-        if refusal is not None:
-            out.append(refusal)
+        if self._refused(out, writes=False):
             return CLOSE
         return self._fetch(request, options, out)
 
@@ -374,9 +370,7 @@ class Session:
         name = self._queue_arg(request, out)
         if name is None:
             return missing
-        refusal = self._refused(writes=True)
-        if refusal is not None:
-            out.append(refusal)
+        if self._refused(out, writes=True):
             return CLOSE
         return name
 
@@ -401,9 +395,7 @@ class Session:
         return WROTE
 
     def _cmd_flush_all(self, request: Command, out: list[Any]) -> int:
-        refusal = self._refused(writes=True)
-        if refusal is not None:
-            out.append(refusal)
+        if self._refused(out, writes=True):
             return CLOSE
         self._collection.flush_all()
         self._reply(request, out, FLUSHED_DURABLE)
@@ -431,29 +423,29 @@ class Session:
         return DONE
 
     def _cmd_dump_stats(self, request: Command, out: list[Any]) -> int:
-        names = [a.decode("latin-1") for a in request.args] or self._collection.names()
-        lines: list[str] = []
-        for name in names:
-            queue = self._collection.get(name)
-            lines.append(f"queue '{name}' {{")
-            if queue is None:
-                lines.append("  ")
-            else:
-                lines.extend(f"  {key}={value}" for key, value in self._one_queue(queue))
-            lines.append("}")
-        out.append("".join(line + "\r\n" for line in lines).encode("latin-1") + END)
+        out.append(self._queue_blocks(request, self._dump_stats_lines))
         return DONE
+
+    def _dump_stats_lines(self, name: str) -> list[str]:
+        queue = self._collection.get(name)
+        if queue is None:
+            return [""]  # Kestrel's block for an unknown queue holds one blank line
+        return [f"{key}={value}" for key, value in self._one_queue(queue)]
 
     def _cmd_dump_config(self, request: Command, out: list[Any]) -> int:
         config = self._collection.config
+        out.append(self._queue_blocks(request, lambda n: dump_config_lines(config.queue_config(n))))
+        return DONE
+
+    def _queue_blocks(self, request: Command, body: Callable[[str], Iterable[str]]) -> bytes:
+        """``queue 'name' {`` … ``}`` for each queue named (default: all), then END."""
         names = [a.decode("latin-1") for a in request.args] or self._collection.names()
         lines: list[str] = []
         for name in names:
             lines.append(f"queue '{name}' {{")
-            lines.extend(f"  {line}" for line in dump_config_lines(config.queue_config(name)))
+            lines.extend(f"  {line}" for line in body(name))
             lines.append("}")
-        out.append("".join(line + "\r\n" for line in lines).encode("latin-1") + END)
-        return DONE
+        return "".join(line + "\r\n" for line in lines).encode("latin-1") + END
 
     def _cmd_monitor(self, request: Command, out: list[Any]) -> int:
         """``monitor q secs [max]``: open up to ``max`` items within ``secs`` seconds.
@@ -470,9 +462,7 @@ class Session:
         if key_problem(args[0]) is not None or "/" in name:
             out.append(self._error(b"CLIENT_ERROR bad queue name"))
             return DONE
-        refusal = self._refused(writes=False)
-        if refusal is not None:
-            out.append(refusal)
+        if self._refused(out, writes=False):
             return CLOSE
         if name in self._collection.aliases:
             out.append(END)
@@ -567,14 +557,16 @@ class Session:
 
     # ------------------------------------------------------------------------ helpers
 
-    def _refused(self, *, writes: bool) -> bytes | None:
-        """SERVER_ERROR when the server status refuses this kind of request.
+    def _refused(self, out: list[Any], *, writes: bool) -> bool:
+        """True, with a SERVER_ERROR line in ``out``, when the server status refuses this
+        kind of request (the caller then closes).
 
         SERVER_ERROR because Kestrel clients retry on another server only for that reply.
         """
         status = self._ctx.status
         if status == "quiescent" or (writes and status == "readonly"):
-            return self._error(b"SERVER_ERROR server is " + status.encode())
+            out.append(self._error(b"SERVER_ERROR server is " + status.encode()))
+            return True
         settings = self._settings
         limit = (
             settings.connection_limit_refuse_writes
@@ -582,8 +574,9 @@ class Session:
             else settings.connection_limit_refuse_reads
         )
         if limit and self._stats.curr_connections > limit:
-            return self._error(b"SERVER_ERROR too many connections")
-        return None
+            out.append(self._error(b"SERVER_ERROR too many connections"))
+            return True
+        return False
 
     def _error(self, line: bytes) -> bytes:
         if self._settings.bare_error_lines:
