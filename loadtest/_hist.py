@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 SUB_BITS = 7  # 128 linear sub-buckets per power of two: relative error <= 1/128
 _LINEAR = 1 << (SUB_BITS + 1)  # values below this get one bucket each
@@ -73,6 +73,14 @@ class Histogram:
             self.max = value
         if self.min < 0 or value < self.min:
             self.min = value
+
+    @classmethod
+    def merged(cls, hists: Iterable[Histogram]) -> Histogram:
+        """One histogram holding the samples of all of ``hists`` (the workers' ones)."""
+        total = cls()
+        for hist in hists:
+            total.merge(hist)
+        return total
 
     def merge(self, other: Histogram) -> None:
         """Add another histogram's samples to this one."""

@@ -76,6 +76,11 @@ def latency_summary(hist: Histogram) -> dict[str, float | int]:
     }
 
 
+def op_summary(count: int, seconds: float, hist: Histogram) -> dict[str, Any]:
+    """One operation's count, rate and latency, as every tool's JSON report has it."""
+    return {"count": count, "ops_per_s": rate(count, seconds), "latency": latency_summary(hist)}
+
+
 def rate(count: int, seconds: float) -> float:
     """Operations per second, 0.0 for an empty interval; rounded to 0.1."""
     return round(count / seconds, 1) if seconds > 0 else 0.0

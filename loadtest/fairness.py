@@ -39,8 +39,7 @@ from loadtest._report import (
     LATENCY_HEADERS,
     Progress,
     latency_rows,
-    latency_summary,
-    rate,
+    op_summary,
     table,
 )
 
@@ -241,16 +240,8 @@ def _report(
         elapsed_s=round(small["elapsed_s"], 3),
         stopped_by_big_cap=capped,
         ops={
-            "small_set": {
-                "count": small["sets"],
-                "ops_per_s": rate(small["sets"], small["elapsed_s"]),
-                "latency": latency_summary(small["latency"]),
-            },
-            "big_set": {
-                "count": big["sets"],
-                "ops_per_s": rate(big["sets"], big["elapsed_s"]),
-                "latency": latency_summary(big["latency"]),
-            },
+            "small_set": op_summary(small["sets"], small["elapsed_s"], small["latency"]),
+            "big_set": op_summary(big["sets"], big["elapsed_s"], big["latency"]),
         },
         big_mb_per_s=round(big["sets"] * args.big_size / MB / big["elapsed_s"], 1)
         if big["elapsed_s"]

@@ -54,7 +54,7 @@ from loadtest._report import (
     check_text,
     human,
     latency_rows,
-    latency_summary,
+    op_summary,
     rate,
     table,
 )
@@ -522,10 +522,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 def _report(
     args: argparse.Namespace, info: Any, results: list[dict[str, Any]], cut: bool
 ) -> dict[str, Any]:
-    set_hist, get_hist = Histogram(), Histogram()
-    for r in results:
-        set_hist.merge(r["set_hist"])
-        get_hist.merge(r["get_hist"])
+    set_hist = Histogram.merged(r["set_hist"] for r in results)
+    get_hist = Histogram.merged(r["get_hist"] for r in results)
     sets = sum(r["sets"] for r in results)
     gets = sum(r["gets"] for r in results)
     start = min(r["first_ns"] for r in results)
@@ -554,10 +552,6 @@ def _report(
         },
     )
     return report
-
-
-def op_summary(count: int, seconds: float, hist: Histogram) -> dict[str, Any]:
-    return {"count": count, "ops_per_s": rate(count, seconds), "latency": latency_summary(hist)}
 
 
 def _text(report: dict[str, Any]) -> str:

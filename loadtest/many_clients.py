@@ -290,9 +290,7 @@ def _report(
     args: argparse.Namespace, info: Any, results: list[dict[str, Any]], cut: bool
 ) -> dict[str, Any]:
     producer, readers = results[0], results[1:]
-    latency = Histogram()
-    for r in readers:
-        latency.merge(r["latency"])
+    latency = Histogram.merged(r["latency"] for r in readers)
     report = base_report("many_clients", args, info)
     report.update(
         params={

@@ -31,7 +31,7 @@ from loadtest._client import ServerInfo, SyncClient, queue_stat
 from loadtest._hist import Histogram
 from loadtest._pool import Pool, supervise
 from loadtest._proto import ID_BYTES
-from loadtest._report import Progress, check_text, human, rate, table
+from loadtest._report import Progress, check_text, human, op_summary, rate, table
 from loadtest._tally import Tally, expected_map, merge_check
 
 
@@ -137,9 +137,7 @@ def _report(
     slices: list[dict[str, float]],
     cut: bool,
 ) -> dict[str, Any]:
-    hist = Histogram()
-    for r in results:
-        hist.merge(r["set_hist"])
+    hist = Histogram.merged(r["set_hist"] for r in results)
     sets = sum(r["sets"] for r in results)
     start = min(r["first_ns"] for r in results)
     seconds = (max(r["last_set_ns"] for r in results) - start) / 1e9
@@ -157,7 +155,7 @@ def _report(
         elapsed_s=round(seconds, 3),
         stopped_by_deadline=cut,
         not_stored=sum(r["not_stored"] for r in results),
-        ops={"set": flood.op_summary(sets, seconds, hist)},
+        ops={"set": op_summary(sets, seconds, hist)},
         slices=slices,
         slice_rates={
             "first": rates[0],
