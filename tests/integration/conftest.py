@@ -54,6 +54,44 @@ def kestrelpy_command(*, use_module: bool = False) -> list[str]:
     return [str(script)]
 
 
+RUN_TIMEOUT_S = 30.0  # a kestrelpy command that should end (CLI call, startup error)
+
+
+def run_kestrelpy(
+    *args: object, command: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``kestrelpy ARGS`` to its end with output captured and stdin closed; one still
+    running after RUN_TIMEOUT_S fails the test (a startup error must exit at once)."""
+    argv = [*(command or kestrelpy_command()), *map(str, args)]
+    try:
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            env=subprocess_env(),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(
+            f"{' '.join(argv)} still running after {RUN_TIMEOUT_S}s\nstderr so far: {err.stderr!r}"
+        ) from None
+
+
+def assert_one_line_user_error(result: subprocess.CompletedProcess[str], *must_mention: str) -> str:
+    """A user error as STYLE.md wants it: exit 2, one stderr line naming ``must_mention``,
+    no traceback, nothing on stdout."""
+    err = result.stderr
+    assert result.returncode == 2, f"exit code {result.returncode}, expected 2\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
+    for text in must_mention:
+        assert text in lines[0], f"{text!r} not in the error line: {lines[0]!r}"
+    assert result.stdout == "", f"unexpected stdout: {result.stdout!r}"
+    return lines[0]
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the pipe as they are written

@@ -16,47 +16,17 @@ import subprocess
 import lmdb
 import pytest
 
-from .conftest import HOST, kestrelpy_command, subprocess_env
+from .conftest import HOST, assert_one_line_user_error, run_kestrelpy
 
 pytestmark = pytest.mark.timeout(60)
 
-RUN_TIMEOUT_S = 30
 CONFIG = '[server]\nsync = "always"\n'
-
-
-def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
-    argv = [*kestrelpy_command(), *map(str, args)]
-    try:
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-            env=subprocess_env(),
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(
-            f"{' '.join(argv)} still running after {RUN_TIMEOUT_S}s\nstderr: {err.stderr!r}"
-        ) from None
 
 
 def assert_ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\nstderr: {result.stderr}"
     assert result.stderr == "", f"unexpected stderr: {result.stderr!r}"
     return result.stdout
-
-
-def assert_one_line_user_error(result: subprocess.CompletedProcess[str], *must_mention: str):
-    err = result.stderr
-    assert result.returncode == 2, f"exit code {result.returncode}, expected 2\n{err}"
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
-    for text in must_mention:
-        assert text in lines[0], f"{text!r} not in the error line: {lines[0]!r}"
-    assert result.stdout == "", f"unexpected stdout: {result.stdout!r}"
-    return lines[0]
 
 
 def parse_stat_lines(stdout: str) -> list[tuple[str, str]]:
@@ -105,7 +75,7 @@ def busy_server(server_factory):
 
 
 def test_stats_prints_one_line_per_stat(busy_server):
-    stdout = assert_ok(run_cli("stats", "--server", busy_server.address))
+    stdout = assert_ok(run_kestrelpy("stats", "--server", busy_server.address))
     pairs = parse_stat_lines(stdout)
     with busy_server.connect() as conn:
         raw = conn.stats()
@@ -121,7 +91,7 @@ def test_stats_prints_one_line_per_stat(busy_server):
 
 
 def test_stats_json_is_one_object_with_the_servers_stats(busy_server):
-    stdout = assert_ok(run_cli("stats", "--server", busy_server.address, "--json"))
+    stdout = assert_ok(run_kestrelpy("stats", "--server", busy_server.address, "--json"))
     try:
         parsed = json.loads(stdout)
     except json.JSONDecodeError as err:
@@ -145,14 +115,14 @@ def test_stats_on_an_unreachable_server_is_one_line_exit_2():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
         holder.bind((HOST, 0))
         address = f"{HOST}:{holder.getsockname()[1]}"
-        result = run_cli("stats", "--server", address)
+        result = run_kestrelpy("stats", "--server", address)
         assert_one_line_user_error(result, address)
-        result = run_cli("stats", "--server", address, "--json")
+        result = run_kestrelpy("stats", "--server", address, "--json")
         assert_one_line_user_error(result, address)
 
 
 def test_stats_with_a_malformed_server_address_is_one_line_exit_2():
-    assert_one_line_user_error(run_cli("stats", "--server", "no-port-here"), "no-port-here")
+    assert_one_line_user_error(run_kestrelpy("stats", "--server", "no-port-here"), "no-port-here")
 
 
 def test_dump_store_matches_stats_while_the_server_runs(busy_server):
@@ -163,7 +133,7 @@ def test_dump_store_matches_stats_while_the_server_runs(busy_server):
     }
     assert expected == {"jobs": (4, 31), "done": (1, 3)}, raw  # the fixture's own arithmetic
 
-    stdout = assert_ok(run_cli("dump-store", "--data-dir", busy_server.data_dir))
+    stdout = assert_ok(run_kestrelpy("dump-store", "--data-dir", busy_server.data_dir))
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert lines and lines[0].split() == ["queue", "items", "bytes"], stdout
     rows = {}
@@ -172,7 +142,7 @@ def test_dump_store_matches_stats_while_the_server_runs(busy_server):
         rows[name] = (int(items), int(size))
     assert rows == expected, f"dump-store {rows}, stats {expected}\n{stdout}"
 
-    stdout = assert_ok(run_cli("dump-store", "--data-dir", busy_server.data_dir, "--json"))
+    stdout = assert_ok(run_kestrelpy("dump-store", "--data-dir", busy_server.data_dir, "--json"))
     parsed = json.loads(stdout)
     by_name = {row["queue"]: (row["items"], row["bytes"]) for row in parsed["queues"]}
     assert by_name == expected, parsed
@@ -182,7 +152,7 @@ def test_dump_store_matches_stats_while_the_server_runs(busy_server):
         assert conn.get("done") == b"ccc"
         assert conn.set("jobs", b"five") == b"STORED\r\n"
     parsed = json.loads(
-        assert_ok(run_cli("dump-store", "--data-dir", busy_server.data_dir, "--json"))
+        assert_ok(run_kestrelpy("dump-store", "--data-dir", busy_server.data_dir, "--json"))
     )
     after = {row["queue"]: (row["items"], row["bytes"]) for row in parsed["queues"]}
     assert after == {"jobs": (5, 35), "done": (0, 0)}, parsed
@@ -209,7 +179,7 @@ def test_dump_store_on_something_that_is_not_a_store_is_one_line_exit_2(tmp_path
     before = sorted(p.name for p in target.iterdir()) if target.exists() else None
 
     args = ["dump-store", "--data-dir", target] + (["--json"] if as_json else [])
-    assert_one_line_user_error(run_cli(*args), str(target))
+    assert_one_line_user_error(run_kestrelpy(*args), str(target))
 
     after = sorted(p.name for p in target.iterdir()) if target.exists() else None
     if kind in ("empty-dir", "missing-dir"):

@@ -8,45 +8,24 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 
 import pytest
 
 from kestrelpy import __version__
 
-from .conftest import HOST, is_our_version, kestrelpy_command, subprocess_env
+from .conftest import (
+    HOST,
+    assert_one_line_user_error,
+    is_our_version,
+    kestrelpy_command,
+    run_kestrelpy,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
-RUN_TIMEOUT_S = 30
-
 
 def run_cli(argv, *args):
-    try:
-        return subprocess.run(
-            [*argv, *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-            env=subprocess_env(),
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(
-            f"kestrelpy {' '.join(map(str, args))} still running after {RUN_TIMEOUT_S}s "
-            f"(a startup error should exit at once)\nstderr so far: {err.stderr!r}"
-        ) from None
-
-
-def assert_one_line_user_error(result, *must_mention):
-    err = result.stderr
-    assert result.returncode == 2, f"exit code {result.returncode}, expected 2\n{err}"
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
-    for text in must_mention:
-        assert text in lines[0], f"{text!r} not in the error line: {lines[0]!r}"
-    return lines[0]
+    return run_kestrelpy(*args, command=argv)
 
 
 def serve_args(data_dir, *extra):

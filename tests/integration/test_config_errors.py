@@ -9,15 +9,12 @@ journal keys are accepted with a warning.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from .conftest import HOST, ServerFactory, kestrelpy_command, subprocess_env
+from .conftest import HOST, ServerFactory, run_kestrelpy
 
 pytestmark = pytest.mark.timeout(90)
 
-RUN_TIMEOUT_S = 30
 
 # (config text, section label as the message shows it, key)
 BAD_CONFIGS = [
@@ -39,24 +36,10 @@ IDS = [f"{section} {key}" for _, section, key in BAD_CONFIGS]
 
 
 def run_serve(config_path, data_dir):
-    argv = [
-        *kestrelpy_command(),
+    return run_kestrelpy(
         "serve", "--host", HOST, "--port", "0",
-        "--data-dir", str(data_dir), "--config", str(config_path),
-    ]  # fmt: skip
-    try:
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-            env=subprocess_env(),
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(
-            f"server still running after {RUN_TIMEOUT_S}s with a bad config\n{err.stderr!r}"
-        ) from None
+        "--data-dir", data_dir, "--config", config_path,
+    )  # fmt: skip
 
 
 def one_error_line(text: str) -> str:
