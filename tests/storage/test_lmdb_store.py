@@ -35,6 +35,14 @@ def put_items(store: LmdbStore, qid: int, ids: range, size: int = 4, added_ms: i
         store.put(qid, item_id, item_id % 5, 0, added_ms, b"%0*d" % (size, item_id))
 
 
+def committed_queue(store: LmdbStore, clock: Clock, ids: range) -> int:
+    """Queue "q" with items ``ids`` put and committed; returns its id."""
+    qid = store.create_queue("q", 0)
+    put_items(store, qid, ids)
+    clock.advance(0)
+    return qid
+
+
 def ids_of(items: list[StoredItem]) -> list[int]:
     return [item.item_id for item in items]
 
@@ -126,9 +134,7 @@ def test_delete_of_a_committed_item(
     open_store: Callable[..., LmdbStore], clock: ThreadClock
 ) -> None:
     store = open_store()
-    qid = store.create_queue("q", 0)
-    put_items(store, qid, range(3))
-    clock.advance(0)
+    qid = committed_queue(store, clock, range(3))
     store.delete(qid, 1, 4)
     assert store.has_pending_writes
     run_until_idle(clock)
@@ -142,9 +148,7 @@ def test_a_removal_rides_along_with_the_next_write(
 ) -> None:
     # Nobody waits for a removal: it waits for a write's commit rather than costing its own.
     store = open_store()
-    qid = store.create_queue("q", 0)
-    put_items(store, qid, range(3))
-    clock.advance(0)
+    qid = committed_queue(store, clock, range(3))
     commits = store.commits
     store.delete(qid, 0, 4)
     clock.advance(0)
@@ -161,9 +165,7 @@ def test_a_removal_alone_commits_soon(
     open_store: Callable[..., LmdbStore], clock: ThreadClock
 ) -> None:
     store = open_store()
-    qid = store.create_queue("q", 0)
-    put_items(store, qid, range(2))
-    clock.advance(0)
+    qid = committed_queue(store, clock, range(2))
     commits = store.commits
     store.delete(qid, 0, 4)
     run_until_idle(clock)
@@ -177,9 +179,7 @@ def test_counters_exact_across_repeated_and_missing_deletes(
     clock: ThreadClock,
 ) -> None:
     store = open_store()
-    qid = store.create_queue("q", 0)
-    put_items(store, qid, range(5))
-    clock.advance(0)
+    qid = committed_queue(store, clock, range(5))
     store.delete(qid, 0, 4)
     clock.advance(0)
     store.delete(qid, 0, 4)  # already gone
@@ -213,9 +213,7 @@ def test_truncate(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> N
 
 def test_truncate_everything(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
     store = open_store()
-    qid = store.create_queue("q", 0)
-    put_items(store, qid, range(4))
-    clock.advance(0)
+    qid = committed_queue(store, clock, range(4))
     store.truncate(qid, 0, 4)
     clock.advance(0)
     record = record_of(store, "q")
@@ -229,9 +227,7 @@ def test_read_items_merges_committed_and_staged(
     open_store: Callable[..., LmdbStore], clock: ThreadClock
 ) -> None:
     store = open_store()
-    qid = store.create_queue("q", 0)
-    put_items(store, qid, range(5))
-    clock.advance(0)
+    qid = committed_queue(store, clock, range(5))
     put_items(store, qid, range(5, 10))
     items = store.read_items(qid, 0, 10, 100, 1 << 20)
     assert ids_of(items) == list(range(10))
