@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from loadtest._cli import (
@@ -66,17 +66,9 @@ def _fill(args: argparse.Namespace, tag: int) -> tuple[list[Feeder], float]:
             )
         )
         start += count
-    progress = Progress("fill", args.items, not args.quiet)
-    began = time.monotonic()
-    for feeder in feeders:
-        feeder.fire()
-    deadline = began + args.duration
-    while loop.conns and time.monotonic() < deadline:
-        loop.poll(0.1)
-        progress.update(sum(f.acked for f in feeders))
-    elapsed = time.monotonic() - began
-    progress.finish()
-    loop.close()
+    elapsed = _run_phase(
+        args, loop, "fill", args.items, feeders, lambda: sum(f.acked for f in feeders)
+    )
     return feeders, elapsed
 
 
@@ -94,18 +86,32 @@ def _drain(args: argparse.Namespace, tally: Tally | None, limit: int) -> tuple[i
         )
         for i in range(args.connections)
     ]
-    progress = Progress("drain", limit, not args.quiet)
+    elapsed = _run_phase(args, loop, "drain", limit, drainers, lambda: sum(d.got for d in drainers))
+    return sum(d.got for d in drainers), elapsed
+
+
+def _run_phase(
+    args: argparse.Namespace,
+    loop: Loop,
+    name: str,
+    total: int,
+    conns: Sequence[Feeder] | Sequence[Drainer],
+    done: Callable[[], int],
+) -> float:
+    """Start every connection, run the loop until all end or ``--duration`` passes, with a
+    progress bar of ``done()`` out of ``total``; returns the seconds it took."""
+    progress = Progress(name, total, not args.quiet)
     began = time.monotonic()
-    for drainer in drainers:
-        drainer.fire()
+    for conn in conns:
+        conn.fire()
     deadline = began + args.duration
     while loop.conns and time.monotonic() < deadline:
         loop.poll(0.1)
-        progress.update(sum(d.got for d in drainers))
+        progress.update(done())
     elapsed = time.monotonic() - began
     progress.finish()
     loop.close()
-    return sum(d.got for d in drainers), elapsed
+    return elapsed
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
