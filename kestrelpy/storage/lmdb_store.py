@@ -370,11 +370,6 @@ class LmdbStore:
     # ---------------------------------------------------------------- commit control
 
     @property
-    def pending_ticket(self) -> int:
-        """The ticket of the batch that writes staged now will commit in."""
-        return self._pending.ticket
-
-    @property
     def has_pending_writes(self) -> bool:
         return not self._pending.is_empty() or bool(self._large)
 

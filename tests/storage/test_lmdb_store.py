@@ -66,13 +66,14 @@ def test_many_puts_one_commit_listeners_in_order(
         store.when_committed(lambda ok, n=item_id: heard.append((n, ok)))
     assert store.commits == 0
     assert heard == []
-    ticket = store.pending_ticket
+    (ticket,) = store.take_write_tickets()
     clock.advance(0)
     assert store.commits == 1
     assert heard == [(n, True) for n in range(50)]
-    assert store.pending_ticket == ticket + 1
     record = record_of(store, "q")
     assert (record.items, record.payload_bytes) == (50, sum(range(50)))
+    store.put(qid, 50, 0, 0, 1, b"next")
+    assert store.take_write_tickets() == (ticket + 1,)  # the next batch
 
 
 def test_listeners_of_successive_batches_run_in_commit_order(
