@@ -193,9 +193,7 @@ class Queue:
         if item is not None:
             if self.config.enable_trace:
                 self._trace("open", item)
-            self.open_transactions += 1
-            self.open_bytes += len(item.data)
-            self.transactions += 1
+            self._count_opened(item)
             self.age_ms = max(now_ms - item.added_ms, 0)
         return item
 
@@ -221,8 +219,7 @@ class Queue:
 
     def close_open(self, item: Item) -> None:
         """Confirm an open item: now it is gone for good."""
-        self.open_transactions -= 1
-        self.open_bytes -= len(item.data)
+        self._count_closed(item)
         if self.config.enable_trace:
             self._trace("close", item)
         self._consume(item)
@@ -239,8 +236,7 @@ class Queue:
         """
         unserved: list[Item] = []
         for item in items:
-            self.open_transactions -= 1
-            self.open_bytes -= len(item.data)
+            self._count_closed(item)
             self.canceled_transactions += 1
             if self.config.enable_trace:
                 self._trace("abort", item)
@@ -254,6 +250,16 @@ class Queue:
             self._cache.appendleft(item)
             self._cache_bytes += size
             self._budget.used += size
+
+    def _count_opened(self, item: Item) -> None:
+        self.open_transactions += 1
+        self.open_bytes += len(item.data)
+        self.transactions += 1
+
+    def _count_closed(self, item: Item) -> None:
+        """An open item is confirmed or aborted: it no longer counts as open."""
+        self.open_transactions -= 1
+        self.open_bytes -= len(item.data)
 
     def _trace(self, operation: str, item: Item) -> None:
         """enable_trace: one log line per operation on this queue (debugging aid)."""
@@ -392,9 +398,7 @@ class Queue:
                         item.added_ms,
                         item.data,
                     )
-                self.open_transactions += 1
-                self.open_bytes += len(item.data)
-                self.transactions += 1
+                self._count_opened(item)
             elif stored:
                 self._consume(item)
             self.age_ms = max(now_ms - item.added_ms, 0)
