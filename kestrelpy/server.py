@@ -193,8 +193,7 @@ class MemcacheConnection(TwistedProtocol):
         """After a run: send the output now, unless it waits behind commits."""
         if not self._holds:
             self._send(len(self._out), True)
-            if self._closing and not self._gone:
-                self.transport.loseConnection()
+            self._close_if_closing()
 
     def _committed(self, hold: _Hold, ok: bool) -> None:
         """A commit ``hold`` waits for has ended: send what no longer waits for anything."""
@@ -207,7 +206,12 @@ class MemcacheConnection(TwistedProtocol):
             self._send(end, done.ok)
             for later in holds:
                 later.end -= end
-        if not holds and self._closing and not self._gone:
+        if not holds:
+            self._close_if_closing()
+
+    def _close_if_closing(self) -> None:
+        """All output is sent: a connection that asked to close (quit, bad input) goes."""
+        if self._closing and not self._gone:
             self.transport.loseConnection()
 
     def _send(self, end: int, ok: bool) -> None:
