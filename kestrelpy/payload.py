@@ -10,3 +10,7 @@ from __future__ import annotations
 from typing import TypeAlias
 
 Payload: TypeAlias = bytes | bytearray
+
+# Payloads of this many bytes and more are handled apart: they commit in a lane of their own
+# (storage) and a queue keeps one in memory only when it is next in line (read-ahead window).
+LARGE_ITEM = 64 * 1024
