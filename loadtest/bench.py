@@ -18,25 +18,19 @@ import datetime
 import json
 import os
 import platform
-import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loadtest._proc import cpu_model, raise_fd_limit
+from loadtest._servers import MEMCACHED, Server, ServerError, memcached_server, serve_argv
 
 ROOT = Path(__file__).resolve().parent.parent
-MEMCACHED = "/usr/bin/memcached"
-LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
-START_TIMEOUT_S = 30.0
 MB = 1024 * 1024
 
 SYNC_CONFIGS = {
@@ -45,133 +39,19 @@ SYNC_CONFIGS = {
 }
 
 
-class StartError(Exception):
-    """A server did not come up; the message says why (exit status, last log lines)."""
-
-
-@dataclass
-class Server:
-    """A running server under test, started and stopped by us (by pid, never by name)."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    workdir: Path
-    data_dir: Path | None = None
-    log_path: Path | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 15 s (a durable server may flush on shutdown)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _pinner(cpu: int | None) -> Callable[[], None] | None:
-    """A preexec_fn pinning the child before exec, so every thread it starts inherits it."""
-    if cpu is None:
-        return None
-
-    def pin() -> None:
-        os.sched_setaffinity(0, {cpu})
-
-    return pin
-
-
 def _venv_python() -> str:
     candidate = ROOT / ".venv" / "bin" / "python"
     return str(candidate) if candidate.exists() else sys.executable
 
 
-def start_kestrelpy(sync: str, cpu: int | None, command: Sequence[str]) -> Server:
-    """``kestrelpy serve --port 0`` on a fresh data dir; the port comes from its log line."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"kpbench-{sync}-"))
+def start_kestrelpy(sync: str, cpu: int | None, command: Sequence[str], workdir: Path) -> Server:
+    """``kestrelpy serve --port 0`` on a fresh data dir in ``workdir``, pinned to ``cpu``."""
     config = workdir / "server.conf"
     config.write_text(SYNC_CONFIGS[sync], encoding="utf-8")
     data_dir = workdir / "data"
-    log_path = workdir / "server.log"
-    argv = [*command, "serve", "--host", "127.0.0.1", "--port", "0"]
-    argv += ["--data-dir", str(data_dir), "--config", str(config)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_pinner(cpu), cwd=workdir
-        )
-    try:
-        port = _wait_for_port(proc, log_path, START_TIMEOUT_S)
-    except StartError:
-        Server(f"kestrelpy-{sync}", proc, 0, workdir).stop()
-        raise
-    return Server(f"kestrelpy-{sync}", proc, port, workdir, data_dir, log_path)
-
-
-def _wait_for_port(proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> int:
-    """Read the server's log until its "listening on 127.0.0.1:PORT" line (bounded).
-
-    The log goes to a file, not a pipe: a pipe nobody reads would block a chatty server.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log_path.read_bytes()
-        match = LISTENING.search(text)
-        if match:
-            return int(match.group(1))
-        if proc.poll() is not None:
-            tail = text.decode("utf-8", "replace").strip().splitlines()[-3:]
-            raise StartError(
-                f"exited with status {proc.returncode}: " + (" | ".join(tail) or "no output")
-            )
-        time.sleep(0.05)  # polling a log file: no event to wait on
-    raise StartError(f"no 'listening on' line within {timeout:g} s")
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (memcached cannot report the one it picked)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_memcached(cpu: int | None, clients: int) -> Server:
-    """``memcached -t 1`` on a free loopback port, sized for the idle-readers scenario."""
-    workdir = Path(tempfile.mkdtemp(prefix="kpbench-memcached-"))
-    port = free_port()
-    argv = [MEMCACHED, "-t", "1", "-p", str(port), "-l", "127.0.0.1", "-U", "0"]
-    argv += ["-c", str(clients + 1024), "-I", "2m"]  # 1 MiB items need a 2 MB item limit
-    if os.geteuid() == 0:
-        argv += ["-u", "root"]  # memcached refuses to run as root without it
-    log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_pinner(cpu))
-    server = Server("memcached", proc, port, workdir, None, log_path)
-    try:
-        wait_until_accepting(proc, port, START_TIMEOUT_S)
-    except StartError:
-        server.stop()
-        raise
-    return server
-
-
-def wait_until_accepting(proc: subprocess.Popen[bytes], port: int, timeout: float) -> None:
-    """Connect until the server accepts (bounded); fail early if it exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StartError(f"exited with status {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-            return
-        except OSError:
-            time.sleep(0.02)  # not listening yet
-    raise StartError(f"not accepting on port {port} within {timeout:g} s")
+    argv = serve_argv(command, data_dir, config)
+    server = Server(argv, name=f"kestrelpy-{sync}", cpu=cpu, cwd=workdir, data_dir=data_dir)
+    return server.start()
 
 
 @dataclass(frozen=True)
@@ -311,7 +191,7 @@ def run_scenario(server: Server, scenario: Scenario, load_cpu: int | None) -> Ou
     if load_cpu is not None:
         argv += ["--cpu", str(load_cpu)]
     if scenario.server_pid:
-        argv += ["--server-pid", str(server.proc.pid)]
+        argv += ["--server-pid", str(server.pid)]
     if scenario.data_dir and server.data_dir is not None:
         argv += ["--data-dir", str(server.data_dir)]
     began = time.monotonic()
@@ -328,11 +208,12 @@ def run_scenario(server: Server, scenario: Scenario, load_cpu: int | None) -> Ou
     return Outcome(error=(lines[-1] if lines else f"exit {done.returncode}"), seconds=seconds)
 
 
-def start_server(name: str, args: argparse.Namespace) -> Server:
+def start_server(name: str, args: argparse.Namespace, workdir: Path) -> Server:
     if name == "memcached":
-        return start_memcached(args.server_cpu, 10_000)
+        # sized for the idle-readers scenario: 10,000 readers and some spare
+        return memcached_server(connections=10_000 + 1024, cpu=args.server_cpu).start()
     sync = name.removeprefix("kestrelpy-")
-    return start_kestrelpy(sync, args.server_cpu, args.kestrelpy_cmd)
+    return start_kestrelpy(sync, args.server_cpu, args.kestrelpy_cmd, workdir)
 
 
 def run_all(args: argparse.Namespace, plan: list[Scenario]) -> dict[str, dict[str, Outcome]]:
@@ -342,17 +223,19 @@ def run_all(args: argparse.Namespace, plan: list[Scenario]) -> dict[str, dict[st
         results[name] = {}
         for scenario in plan:
             _log(f"{name}: {scenario.key} ...")
-            try:
-                server = start_server(name, args)
-            except (StartError, OSError) as err:
-                _log(f"{name}: failed to start: {err}")
-                for rest in plan:
-                    results[name].setdefault(rest.key, Outcome(error=f"failed to start: {err}"))
-                break
-            try:
-                outcome = run_scenario(server, scenario, args.load_cpu)
-            finally:
-                server.stop()
+            with tempfile.TemporaryDirectory(prefix=f"kpbench-{name}-") as workdir:
+                try:
+                    server = start_server(name, args, Path(workdir))
+                except (ServerError, OSError) as err:
+                    _log(f"{name}: failed to start: {err}")
+                    why = err.summary() if isinstance(err, ServerError) else str(err)
+                    for rest in plan:
+                        results[name].setdefault(rest.key, Outcome(error=f"failed to start: {why}"))
+                    break
+                try:
+                    outcome = run_scenario(server, scenario, args.load_cpu)
+                finally:
+                    server.stop()
             results[name][scenario.key] = outcome
             _log(f"{name}: {scenario.key} {_status(outcome)} ({outcome.seconds:.1f} s)")
     return results

@@ -4,7 +4,8 @@ Every test here talks to a server subprocess on 127.0.0.1 over TCP, the way user
 harness never sleeps to synchronise: it waits on events (the "listening on" log line, process
 exit, socket reads), and every wait has a deadline. When something times out or a reply is
 wrong, the assertion message carries the server's stderr, and a failed test gets the stderr of
-every server it used as an extra report section.
+every server it used as an extra report section. Starting, stopping and logging a server
+process is loadtest/_servers.py's job, shared with the load-tool tests and the bench.
 
 Fixtures:
 
@@ -18,14 +19,10 @@ Fixtures:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,15 +32,21 @@ from typing import Any
 
 import pytest
 
-HOST = "127.0.0.1"
-START_TIMEOUT_S = 20.0  # a cold start imports Twisted and opens LMDB; generous on 2 cores
-STOP_TIMEOUT_S = 15.0
-IO_TIMEOUT_S = 5.0
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # the loadtest package lives at the repo root, not installed
+    sys.path.insert(0, str(ROOT))
 
-# The memcache listener announces itself with this (see the task contract). Other listeners
-# (e.g. the HTTP metrics one) may log a similar line; they name themselves, so skip those.
-_LISTENING_RE = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
-_OTHER_LISTENER_RE = re.compile(rb"(?i)\b(http|metrics|admin|dashboard)\b")
+from loadtest._servers import (  # noqa: E402  (needs ROOT on sys.path)
+    HOST,  # noqa: F401  (test modules import it from here)
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    Server,
+    ServerError,
+    serve_argv,
+    subprocess_env,
+)
+
+IO_TIMEOUT_S = 5.0
 
 
 def kestrelpy_command(*, use_module: bool = False) -> list[str]:
@@ -92,19 +95,13 @@ def assert_one_line_user_error(result: subprocess.CompletedProcess[str], *must_m
     return lines[0]
 
 
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"  # log lines reach the pipe as they are written
-    env.pop("PYTHONWARNINGS", None)
-    return env
-
-
-class ServerProcess:
-    """One ``kestrelpy serve`` subprocess bound to 127.0.0.1 with ``--port 0``.
+class ServerProcess(Server):
+    """One ``kestrelpy serve`` on 127.0.0.1, port 0 (see loadtest/_servers.py), with the
+    test's config file, whose failures are test failures.
 
     ``start()`` may be called again after ``stop()`` or ``kill9()``: the new process uses the
-    same data dir and config (and gets a new port). stderr and stdout are drained by threads
-    for the whole life of each process, so a chatty server never blocks on a full pipe.
+    same data dir and config (and gets a new port). A start that fails, or a stop that does
+    not end in exit code 0, raises AssertionError carrying the server's log.
     """
 
     def __init__(
@@ -116,177 +113,35 @@ class ServerProcess:
         use_module: bool = False,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.data_dir = Path(data_dir)
-        self.host = HOST
-        self.port: int | None = None
+        data_dir = Path(data_dir)
         self.config_path: Path | None = None
         if config_text is not None:
-            self.config_path = config_path or self.data_dir.parent / (
-                self.data_dir.name + "-server.conf"
-            )
+            self.config_path = config_path or data_dir.parent / (data_dir.name + "-server.conf")
             self.config_path.write_text(config_text)
-        self._use_module = use_module
-        self._extra_args = extra_args
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
-        self._stderr: list[bytes] = []
-        self._stdout: list[bytes] = []
-        self._threads: list[threading.Thread] = []
-        self._ready = threading.Event()
-        self.starts = 0
-
-    # -- process control -------------------------------------------------------------------
-
-    @property
-    def argv(self) -> list[str]:
-        argv = [
-            *kestrelpy_command(use_module=self._use_module),
-            "serve",
-            "--host",
-            self.host,
-            "--port",
-            "0",
-            "--data-dir",
-            str(self.data_dir),
-        ]
-        if self.config_path is not None:
-            argv += ["--config", str(self.config_path)]
-        return argv + list(self._extra_args)
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None, "server not started"
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
+        argv = serve_argv(
+            kestrelpy_command(use_module=use_module), data_dir, self.config_path, extra_args
+        )
+        super().__init__(argv, name="kestrelpy", data_dir=data_dir)
 
     def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
-        assert not self.running, "server already running"
-        self.starts += 1
-        self.port = None
-        self._ready = threading.Event()
-        with self._lock:
-            marker = f"---- start #{self.starts}: {' '.join(self.argv)}\n".encode()
-            self._stderr.append(marker)
-        self._proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=subprocess_env(),
-            start_new_session=True,  # a stray Ctrl-C in the terminal does not hit it
-        )
-        assert self._proc.stderr is not None and self._proc.stdout is not None
-        self._threads = [
-            threading.Thread(target=self._drain_stderr, args=(self._proc.stderr,), daemon=True),
-            threading.Thread(target=self._drain_stdout, args=(self._proc.stdout,), daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        if not self._ready.wait(timeout):
-            self._kill_quietly()
-            raise AssertionError(
-                f"server did not log 'listening on {HOST}:PORT' within {timeout}s\n{self.log()}"
-            )
-        if self.port is None:  # the ready event also fires on EOF (process died)
-            self._reap(timeout=STOP_TIMEOUT_S)
-            raise AssertionError(
-                f"server exited with {self.returncode} before listening\n{self.log()}"
-            )
-        return self
+        try:
+            return super().start(timeout)
+        except ServerError as err:
+            raise AssertionError(f"{err.why}\n{self.log()}") from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
         """Send ``sig``, wait for exit, assert a clean exit code 0. Returns the code."""
-        assert self._proc is not None, "server not started"
-        if self._proc.poll() is None:
-            self._proc.send_signal(sig)
-        try:
-            code = self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._kill_quietly()
-            raise AssertionError(
-                f"server did not exit within {timeout}s of signal {sig}\n{self.log()}"
-            ) from None
-        self._join_drains()
+        code = super().stop(sig, timeout)
         assert code == 0, f"server exited with {code} after signal {sig}, expected 0\n{self.log()}"
         return code
-
-    def kill9(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGKILL: no shutdown code runs, like a power cut for the process."""
-        assert self._proc is not None, "server not started"
-        self._proc.kill()
-        self._reap(timeout)
 
     def restart(self) -> ServerProcess:
         self.stop()
         return self.start()
 
-    def _reap(self, timeout: float) -> None:
-        assert self._proc is not None
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"server did not die within {timeout}s\n{self.log()}") from None
-        self._join_drains()
-
-    def _kill_quietly(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(STOP_TIMEOUT_S)
-        self._join_drains()
-
-    def _join_drains(self) -> None:
-        for thread in self._threads:
-            thread.join(STOP_TIMEOUT_S)
-
-    # -- output ----------------------------------------------------------------------------
-
-    def _drain_stderr(self, pipe: object) -> None:
-        for line in iter(pipe.readline, b""):  # type: ignore[attr-defined]
-            with self._lock:
-                self._stderr.append(line)
-            if self.port is None:
-                match = _LISTENING_RE.search(line)
-                if match and not _OTHER_LISTENER_RE.search(line):
-                    self.port = int(match.group(1))
-                    self._ready.set()
-        self._ready.set()  # EOF: the process is gone; start() notices port is None
-
-    def _drain_stdout(self, pipe: object) -> None:
-        for line in iter(pipe.readline, b""):  # type: ignore[attr-defined]
-            with self._lock:
-                self._stdout.append(line)
-
-    def stderr_text(self) -> str:
-        with self._lock:
-            return b"".join(self._stderr).decode("utf-8", "replace")
-
-    def log(self, last_lines: int = 80) -> str:
-        """The tail of stderr (and stdout, if any) for assertion messages."""
-        with self._lock:
-            err = b"".join(self._stderr).decode("utf-8", "replace").splitlines()
-            out = b"".join(self._stdout).decode("utf-8", "replace").splitlines()
-        text = "---- kestrelpy stderr (tail) ----\n" + "\n".join(err[-last_lines:])
-        if out:
-            text += "\n---- kestrelpy stdout (tail) ----\n" + "\n".join(out[-last_lines:])
-        return text
-
-    # -- clients ---------------------------------------------------------------------------
-
     def connect(self, timeout: float = IO_TIMEOUT_S) -> Conn:
         assert self.port is not None, "server not listening"
         return Conn(self, timeout)
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""bench's harness: finding kestrelpy's port, tolerating a server that fails, the table."""
+"""bench's harness: tolerating a server that fails, the results table."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ from pathlib import Path
 
 from lt_harness import ROOT
 
-from loadtest.bench import LISTENING, Metric, Outcome, cell, results_table, scenarios
-
-
-def test_listening_line_of_kestrelpy_and_the_fake() -> None:
-    line = (
-        b"2026-11-25T22:01:32+0000 [kestrelpy.service.KestrelService#info] kestrelpy 0.1.0 "
-        b"listening on 127.0.0.1:40425 (data dir /tmp/d, sync always)"
-    )
-    match = LISTENING.search(line)
-    assert match is not None and int(match.group(1)) == 40425
-    assert LISTENING.search(b"fake kestrel listening on 127.0.0.1:5") is not None
+from loadtest.bench import Metric, Outcome, cell, results_table, scenarios
 
 
 def test_cells_show_value_ratio_and_failures() -> None:

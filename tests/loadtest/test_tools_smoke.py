@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from lt_harness import ROOT, RunningServer, start_fake, start_memcached, stop
+from lt_harness import ROOT, start_fake
+
+from loadtest._servers import Server, memcached_server
 
 COMMON_KEYS = {
     "tool",
@@ -31,30 +33,30 @@ RUN_TIMEOUT_S = 30
 
 
 @pytest.fixture(scope="session")
-def memcached() -> Iterator[RunningServer]:
+def memcached() -> Iterator[Server]:
     """A real memcached (plain cache) for the whole session."""
-    proc, server = start_memcached()
+    server = memcached_server().start()
     yield server
-    stop(proc)
+    server.stop()
 
 
 @pytest.fixture(scope="session")
-def fake_kestrel() -> Iterator[RunningServer]:
+def fake_kestrel() -> Iterator[Server]:
     """A correct in-memory queue server (see fake_kestrel.py)."""
-    proc, server = start_fake()
+    server = start_fake()
     yield server
-    stop(proc)
+    server.stop()
 
 
 @pytest.fixture(scope="session")
-def lossy_kestrel() -> Iterator[RunningServer]:
+def lossy_kestrel() -> Iterator[Server]:
     """A queue server that acknowledges every 50th set and drops it."""
-    proc, server = start_fake("--lose-every", "50")
+    server = start_fake("--lose-every", "50")
     yield server
-    stop(proc)
+    server.stop()
 
 
-def run_tool(tool: str, server: RunningServer, *args: str) -> tuple[int, dict[str, Any]]:
+def run_tool(tool: str, server: Server, *args: str) -> tuple[int, dict[str, Any]]:
     """Run one tool to completion; returns its exit code and its JSON report."""
     argv = [sys.executable, "-m", f"loadtest.{tool}", "--server", server.address]
     argv += ["--json", "--quiet", "--timeout", "5", "--duration", "20", *args]
@@ -202,7 +204,7 @@ CASES: dict[str, tuple[tuple[str, ...], Check]] = {
 @pytest.mark.parametrize("server_name", ["memcached", "fake_kestrel"])
 @pytest.mark.parametrize("tool", sorted(CASES))
 def test_tool_smoke(tool: str, server_name: str, request: pytest.FixtureRequest) -> None:
-    server: RunningServer = request.getfixturevalue(server_name)
+    server: Server = request.getfixturevalue(server_name)
     args, check = CASES[tool]
     args = tuple(str(server.pid) if a == PID else a for a in args)
     code, report = run_tool(tool, server, "--queue", f"smoke_{tool}", *args)
@@ -212,7 +214,7 @@ def test_tool_smoke(tool: str, server_name: str, request: pytest.FixtureRequest)
     assert code == 0 and report["ok"] is True
 
 
-def test_lost_items_fail_the_check(lossy_kestrel: RunningServer) -> None:
+def test_lost_items_fail_the_check(lossy_kestrel: Server) -> None:
     """A server that drops acknowledged items makes flood exit 1 and name the count."""
     code, report = run_tool("flood", lossy_kestrel, "--items", "200", "--wait-ms", "50")
     assert code == 1
@@ -221,7 +223,7 @@ def test_lost_items_fail_the_check(lossy_kestrel: RunningServer) -> None:
     assert report["check"]["duplicated"] == 0
 
 
-def test_text_summary_and_bad_server(memcached: RunningServer) -> None:
+def test_text_summary_and_bad_server(memcached: Server) -> None:
     """Without --json the summary is a table; an unreachable server exits 2 with one line."""
     done = subprocess.run(
         [sys.executable, "-m", "loadtest.flood", "--server", memcached.address, "--items", "100"],
