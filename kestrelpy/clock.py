@@ -1,0 +1,28 @@
+"""Time as the server reads it: the reactor's clock, passed in, in the units queues use.
+
+Nothing in kestrelpy reads the wall clock itself. Every part that needs the time is given
+the reactor (``IReactorTime``: its ``seconds()`` is the wall clock in unix seconds on a real
+reactor), so tests of expiry, blocked reads, leases and grace periods run on
+``twisted.internet.task.Clock`` and move time by hand instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class ReactorClock(Protocol):
+    """The part of Twisted's ``IReactorTime`` kestrelpy uses (a reactor, or a test Clock)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any) -> Any: ...
+
+
+def now_ms(clock: ReactorClock) -> int:
+    """Unix milliseconds: the unit of item expiry, ages and leases (stored on disk).
+
+    Rounded, not truncated, so a test clock moved by ``0.001`` moves this by exactly 1.
+    """
+    return round(clock.seconds() * 1000)
