@@ -1,0 +1,1 @@
+"""Queue semantics: FIFO order, reliable reads, blocked readers, expiry and limits; never bytes."""

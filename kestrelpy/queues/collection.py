@@ -1,4 +1,4 @@
-"""All queues of a server: creation, fanout, aliases, expiry moves, delete and flush.
+"""A server's queues by name, with their fanout children and aliases.
 
 This is the queue API the command handler (and later the bundled client's embedded mode
 and the router) use; none of them touch the store directly.
@@ -6,31 +6,17 @@ and the router) use; none of them touch the store directly.
 
 from __future__ import annotations
 
-import time
-
 from twisted.logger import Logger
 
+from kestrelpy.clock import ReactorClock
 from kestrelpy.config import Config
 from kestrelpy.payload import Payload
-from kestrelpy.queues.queue import CacheBudget, Item, Queue, Waiter
+from kestrelpy.queues.expiry import expiry_ms
+from kestrelpy.queues.item_store import ItemStore
+from kestrelpy.queues.queue import Item, Queue
+from kestrelpy.queues.waiters import Waiter
+from kestrelpy.queues.window import CacheBudget, ReadAheadWindow
 from kestrelpy.stats import ServerStats
-from kestrelpy.storage.lmdb_store import LmdbStore
-
-_RELATIVE_EXPIRY_LIMIT_S = 1_000_000  # Kestrel: below this an exptime is relative seconds
-
-
-def expiry_ms(exptime: int, now_ms: int) -> int:
-    """Kestrel's exptime rule in unix ms: 0 none, < 1,000,000 relative s, else absolute s.
-
-    A negative exptime means already expired (kept as 1 ms after the epoch).
-    """
-    if exptime == 0:
-        return 0
-    if exptime < 0:
-        return 1
-    if exptime < _RELATIVE_EXPIRY_LIMIT_S:
-        return now_ms + exptime * 1000
-    return exptime * 1000
 
 
 class QueueCollection:
@@ -38,8 +24,11 @@ class QueueCollection:
 
     _log = Logger()
 
-    def __init__(self, store: LmdbStore, config: Config, stats: ServerStats) -> None:
+    def __init__(
+        self, store: ItemStore, config: Config, stats: ServerStats, clock: ReactorClock
+    ) -> None:
         self._store = store
+        self._clock = clock  # only for a new queue's create time (unix s)
         self._config = config
         self._stats = stats
         self._budget = CacheBudget(config.server.read_ahead_size)
@@ -79,7 +68,7 @@ class QueueCollection:
     def get_or_create(self, name: str) -> Queue:
         queue = self._queues.get(name)
         if queue is None:
-            now_s = int(time.time())
+            now_s = int(self._clock.seconds())
             queue_id = self._store.create_queue(name, now_s)
             queue = self._new_queue(name, queue_id, now_s)
             self._register(queue)
@@ -89,17 +78,38 @@ class QueueCollection:
     def children_of(self, name: str) -> list[str]:
         return sorted(self._children.get(name, {}))
 
-    def _new_queue(self, name: str, queue_id: int, create_time: int, **state: int) -> Queue:
+    def _new_queue(
+        self,
+        name: str,
+        queue_id: int,
+        create_time: int,
+        *,
+        head_id: int = 0,
+        tail_id: int = 0,
+        items: int = 0,
+        payload_bytes: int = 0,
+    ) -> Queue:
+        """A queue over its stored items ``[head_id, tail_id)``, counted by the store."""
+        config = self._config.queue_config(name)
+        window = ReadAheadWindow(
+            self._store,
+            queue_id,
+            self._budget,
+            self._config.server.read_ahead_items,
+            config.max_memory_size,
+            head_id=head_id if items else tail_id,
+            tail_id=tail_id,
+        )
         return Queue(
             name,
             queue_id,
-            self._config.queue_config(name),
+            config,
             self._store,
-            self._budget,
-            read_ahead_items=self._config.server.read_ahead_items,
+            window,
             create_time=create_time,
+            items=items,
+            payload_bytes=payload_bytes,
             on_expired=self._expired,
-            **state,
         )
 
     def _register(self, queue: Queue) -> None:
@@ -189,7 +199,7 @@ class QueueCollection:
         self._config = config
         self.aliases = dict(config.aliases)
         for queue in self._queues.values():
-            queue.config = config.queue_config(queue.name)
+            queue.reconfigure(config.queue_config(queue.name))
 
     def _rollback(self, lost: list[tuple[int, int, int]]) -> None:
         by_queue: dict[int, dict[int, int]] = {}
