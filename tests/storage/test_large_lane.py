@@ -1,8 +1,8 @@
-"""Large items ride their own lane of commits (LmdbStore on a real LMDB in tmp_path).
+"""Large items ride their own lane of commits (Store on a real LMDB in tmp_path).
 
 What must hold: a small write commits without waiting behind a backlog of large items;
 large items still commit in order, no earlier than the removals staged before them
-(PROTOCOL.md §12); and a staged large put can be cancelled, dropped, truncated and read
+(docs/protocol.md §12); and a staged large put can be cancelled, dropped, truncated and read
 back like any other.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from conftest import ThreadClock
 
-from kestrelpy.storage.lmdb_store import LARGE_ITEM, LmdbStore
+from kestrelpy.payload import LARGE_ITEM
+from kestrelpy.store import Store
 
 BIG = 600 * 1024  # two do not fit one large batch (about 1 MiB), so each rides its own
 SMALL = b"s" * 64
@@ -22,32 +23,19 @@ def big(item_id: int) -> bytes:
     return bytes([65 + item_id % 26]) * BIG
 
 
-def stage_large(store: LmdbStore, qid: int, count: int) -> None:
+def stage_large(store: Store, qid: int, count: int) -> None:
     """Stage ``count`` large puts (ids 0 up) in queue ``qid``, one large batch each."""
     for item_id in range(count):
         store.put(qid, item_id, 0, 0, 0, big(item_id))
 
 
-def items_on_disk(store: LmdbStore, name: str) -> int:
+def items_on_disk(store: Store, name: str) -> int:
     (record,) = [r for r in store.load_queues() if r.name == name]
     return record.items
 
 
-def test_a_large_put_gets_a_ticket_of_its_own(open_store: Callable[..., LmdbStore]) -> None:
-    store = open_store()
-    qid = store.create_queue("q", 0)
-    store.put(qid, 0, 0, 0, 0, SMALL)
-    small_only = store.take_write_tickets()
-    store.put(qid, 1, 0, 0, 0, big(1))
-    with_large = store.take_write_tickets()
-    assert len(small_only) == 1
-    assert len(with_large) == 2 and with_large[0] == small_only[0]
-    assert with_large[1] != with_large[0]
-    assert store.take_write_tickets() == small_only  # taking resets what was written
-
-
 def test_a_small_write_does_not_wait_behind_a_large_backlog(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = store.create_queue("big", 0)
@@ -70,7 +58,7 @@ def test_a_small_write_does_not_wait_behind_a_large_backlog(
 
 
 def test_a_large_batch_never_commits_before_removals_staged_earlier(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     """Under the writer thread the lanes alternate; a removal still goes first."""
     store = open_store("always")
@@ -92,7 +80,7 @@ def test_a_large_batch_never_commits_before_removals_staged_earlier(
 
 
 def test_a_large_put_read_before_its_commit_leaves_nothing(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
@@ -106,7 +94,7 @@ def test_a_large_put_read_before_its_commit_leaves_nothing(
 
 
 def test_reads_merge_committed_small_items_with_large_ones_still_staged(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     """Small items after a large one may commit first: a read must not skip the large."""
     store = open_store("always")
@@ -129,7 +117,7 @@ def test_reads_merge_committed_small_items_with_large_ones_still_staged(
 
 
 def test_dropping_a_queue_drops_its_staged_large_puts(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
@@ -142,7 +130,7 @@ def test_dropping_a_queue_drops_its_staged_large_puts(
 
 
 def test_truncating_drops_staged_large_puts_in_range(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
@@ -154,7 +142,7 @@ def test_truncating_drops_staged_large_puts_in_range(
 
 
 def test_a_large_backlog_is_caught_up_in_bigger_commits(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
@@ -168,7 +156,7 @@ def test_a_large_backlog_is_caught_up_in_bigger_commits(
 
 
 def test_items_just_under_the_large_size_ride_with_small_writes(
-    open_store: Callable[..., LmdbStore],
+    open_store: Callable[..., Store],
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
@@ -179,7 +167,7 @@ def test_items_just_under_the_large_size_ride_with_small_writes(
 
 
 def test_a_failed_small_commit_fails_the_large_batches_behind_it(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     """Replies to one client's batch may wait for both lanes: all true, or all refused."""
     store = open_store()

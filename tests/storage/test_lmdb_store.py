@@ -1,9 +1,13 @@
-"""LmdbStore on a real LMDB environment in tmp_path: group commit, counters, reads, registry.
+"""The store on a real LMDB environment in tmp_path: counters, reads, registry, durability.
+
+Mostly through :class:`~kestrelpy.store.Store`, as the queues use it; the last section
+commits batches into :class:`~kestrelpy.storage.lmdb_store.LmdbStorage` alone. When the
+scheduler commits, and who it tells, is tested without LMDB in ``tests/commits``.
 
 Under ``sync = "never"`` commits run inline when the clock runs the end-of-turn call
 (``clock.advance(0)``). Under ``"always"`` a writer thread commits; its completion comes
 back through ``callFromThread``, which :class:`ThreadClock` records for the test to run
-on the test thread (the "reactor" here), or ``flush_now`` collects synchronously.
+on the test thread (the "reactor" here), or ``commit_now`` collects synchronously.
 """
 
 from __future__ import annotations
@@ -21,21 +25,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
+from kestrelpy.commits.batch import Batch
 from kestrelpy.errors import KestrelpyError, StoreError
-from kestrelpy.storage.lmdb_store import LmdbStore, QueueRecord, StoredItem, inspect_store
+from kestrelpy.storage.layout import HEADER, ITEM_KEY, QUEUE_RECORD
+from kestrelpy.storage.lmdb_store import LmdbStorage, QueueRecord, StoredItem, inspect_store
+from kestrelpy.store import Store
 
 
-def record_of(store: LmdbStore, name: str) -> QueueRecord:
+def record_of(store: Store, name: str) -> QueueRecord:
     (record,) = [r for r in store.load_queues() if r.name == name]
     return record
 
 
-def put_items(store: LmdbStore, qid: int, ids: range, size: int = 4, added_ms: int = 7) -> None:
+def put_items(store: Store, qid: int, ids: range, size: int = 4, added_ms: int = 7) -> None:
     for item_id in ids:
         store.put(qid, item_id, item_id % 5, 0, added_ms, b"%0*d" % (size, item_id))
 
 
-def committed_queue(store: LmdbStore, clock: Clock, ids: range) -> int:
+def committed_queue(store: Store, clock: Clock, ids: range) -> int:
     """Queue "q" with items ``ids`` put and committed; returns its id."""
     qid = store.create_queue("q", 0)
     put_items(store, qid, ids)
@@ -47,16 +54,16 @@ def ids_of(items: list[StoredItem]) -> list[int]:
     return [item.item_id for item in items]
 
 
-def reopen(store: LmdbStore, tmp_path: Path, clock: Clock) -> LmdbStore:
+def reopen(store: Store, tmp_path: Path, clock: Clock) -> Store:
     store.close()
-    return LmdbStore(tmp_path / "db", clock, sync="never")
+    return Store(tmp_path / "db", clock, sync="never")
 
 
 # ---------------------------------------------------------------------- group commit
 
 
 def test_many_puts_one_commit_listeners_in_order(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 100)
@@ -76,37 +83,8 @@ def test_many_puts_one_commit_listeners_in_order(
     assert store.take_write_tickets() == (ticket + 1,)  # the next batch
 
 
-def test_listeners_of_successive_batches_run_in_commit_order(
-    open_store: Callable[..., LmdbStore],
-    clock: ThreadClock,
-) -> None:
-    store = open_store()
-    qid = store.create_queue("q", 0)
-    heard: list[str] = []
-    store.put(qid, 0, 0, 0, 0, b"a")
-    store.when_committed(lambda ok: heard.append(f"first {ok}"))
-    clock.advance(0)
-    store.put(qid, 1, 0, 0, 0, b"b")
-    store.when_committed(lambda ok: heard.append(f"second {ok}"))
-    store.when_committed(lambda ok: heard.append(f"third {ok}"))
-    assert heard == ["first True"]
-    clock.advance(0)
-    assert heard == ["first True", "second True", "third True"]
-    assert store.commits == 2
-
-
-def test_listener_with_nothing_staged_still_hears(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
-) -> None:
-    store = open_store()
-    heard: list[bool] = []
-    store.when_committed(heard.append)
-    clock.advance(0)
-    assert heard == [True]
-
-
 def test_nothing_staged_nothing_scheduled(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     assert not store.has_pending_writes
@@ -114,7 +92,7 @@ def test_nothing_staged_nothing_scheduled(
 
 
 def test_delete_of_a_pending_put_cancels_it(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
@@ -131,9 +109,7 @@ def test_delete_of_a_pending_put_cancels_it(
     assert not store.has_pending_writes  # nothing at all left to write
 
 
-def test_delete_of_a_committed_item(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
-) -> None:
+def test_delete_of_a_committed_item(open_store: Callable[..., Store], clock: ThreadClock) -> None:
     store = open_store()
     qid = committed_queue(store, clock, range(3))
     store.delete(qid, 1, 4)
@@ -145,7 +121,7 @@ def test_delete_of_a_committed_item(
 
 
 def test_a_removal_rides_along_with_the_next_write(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     # Nobody waits for a removal: it waits for a write's commit rather than costing its own.
     store = open_store()
@@ -162,9 +138,7 @@ def test_a_removal_rides_along_with_the_next_write(
     assert (record_of(store, "q").items, record_of(store, "q").head_id) == (3, 1)
 
 
-def test_a_removal_alone_commits_soon(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
-) -> None:
+def test_a_removal_alone_commits_soon(open_store: Callable[..., Store], clock: ThreadClock) -> None:
     store = open_store()
     qid = committed_queue(store, clock, range(2))
     commits = store.commits
@@ -176,7 +150,7 @@ def test_a_removal_alone_commits_soon(
 
 
 def test_counters_exact_across_repeated_and_missing_deletes(
-    open_store: Callable[..., LmdbStore],
+    open_store: Callable[..., Store],
     clock: ThreadClock,
 ) -> None:
     store = open_store()
@@ -192,7 +166,7 @@ def test_counters_exact_across_repeated_and_missing_deletes(
     assert (record.items, record.payload_bytes, record.head_id, record.tail_id) == (3, 12, 2, 5)
 
 
-def test_truncate(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+def test_truncate(open_store: Callable[..., Store], clock: ThreadClock) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
     other = store.create_queue("r", 0)
@@ -212,7 +186,7 @@ def test_truncate(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> N
     assert ids_of(store.read_items(other, 0, 3, 100, 1 << 20)) == [0, 1, 2]
 
 
-def test_truncate_everything(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+def test_truncate_everything(open_store: Callable[..., Store], clock: ThreadClock) -> None:
     store = open_store()
     qid = committed_queue(store, clock, range(4))
     store.truncate(qid, 0, 4)
@@ -225,7 +199,7 @@ def test_truncate_everything(open_store: Callable[..., LmdbStore], clock: Thread
 
 
 def test_read_items_merges_committed_and_staged(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = committed_queue(store, clock, range(5))
@@ -241,7 +215,7 @@ def test_read_items_merges_committed_and_staged(
 
 
 def test_read_items_stops_when_the_byte_budget_is_spent(
-    open_store: Callable[..., LmdbStore],
+    open_store: Callable[..., Store],
     clock: ThreadClock,
 ) -> None:
     store = open_store()
@@ -255,7 +229,7 @@ def test_read_items_stops_when_the_byte_budget_is_spent(
 
 
 def test_read_items_stays_inside_its_queue(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     first = store.create_queue("a", 0)
@@ -268,7 +242,7 @@ def test_read_items_stays_inside_its_queue(
     assert all(item.data != b"0002" for item in store.read_items(first, 0, 5, 100, 1 << 20))
 
 
-def test_read_items_skips_gaps(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+def test_read_items_skips_gaps(open_store: Callable[..., Store], clock: ThreadClock) -> None:
     store = open_store()
     qid = store.create_queue("q", 0)
     put_items(store, qid, range(6))
@@ -286,7 +260,7 @@ def test_read_items_skips_gaps(open_store: Callable[..., LmdbStore], clock: Thre
 
 
 def test_load_queues_after_reopen(tmp_path: Path, clock: ThreadClock) -> None:
-    store = LmdbStore(tmp_path / "db", clock, sync="never")
+    store = Store(tmp_path / "db", clock, sync="never")
     a = store.create_queue("a", 111)
     empty = store.create_queue("empty", 222)
     c = store.create_queue("c+child", 333)
@@ -309,7 +283,7 @@ def test_load_queues_after_reopen(tmp_path: Path, clock: ThreadClock) -> None:
         store.close()
 
 
-def test_drop_queue(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+def test_drop_queue(open_store: Callable[..., Store], clock: ThreadClock) -> None:
     store = open_store()
     qid = store.create_queue("q", 1)
     neighbour = store.create_queue("r", 1)
@@ -329,7 +303,7 @@ def test_drop_queue(open_store: Callable[..., LmdbStore], clock: ThreadClock) ->
 
 
 def test_create_then_drop_in_one_batch(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     qid = store.create_queue("q", 1)
@@ -340,7 +314,7 @@ def test_create_then_drop_in_one_batch(
 
 
 def test_drop_and_recreate_in_one_batch(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     old = store.create_queue("q", 1)
@@ -353,7 +327,7 @@ def test_drop_and_recreate_in_one_batch(
     assert record_of(store, "q") == QueueRecord("q", new, 2, 0, 1, 1, 4)
 
 
-def test_records(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> None:
+def test_records(open_store: Callable[..., Store], clock: ThreadClock) -> None:
     store = open_store()
     assert store.get_record(b"status") is None
     store.set_record(b"status", b"readonly")
@@ -369,15 +343,15 @@ def test_records(open_store: Callable[..., LmdbStore], clock: ThreadClock) -> No
 # -------------------------------------------------------------------- sync policies
 
 
-def test_sync_always_writer_thread_with_flush_now(
-    open_store: Callable[..., LmdbStore], tmp_path: Path, clock: ThreadClock
+def test_sync_always_writer_thread_with_commit_now(
+    open_store: Callable[..., Store], tmp_path: Path, clock: ThreadClock
 ) -> None:
     store = open_store("always")
     qid = store.create_queue("q", 0)
     heard: list[bool] = []
     put_items(store, qid, range(3))
     store.when_committed(heard.append)
-    store.flush_now()
+    store.commit_now()
     assert heard == [True]
     assert store.commits == 1
     assert record_of(store, "q").items == 3
@@ -387,7 +361,7 @@ def test_sync_always_writer_thread_with_flush_now(
 
 
 def test_sync_always_through_the_clock(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store("always")
     qid = store.create_queue("q", 0)
@@ -410,11 +384,11 @@ def test_sync_always_through_the_clock(
     assert record_of(store, "q").items == 5
 
 
-def test_flush_now_commits_a_batch_staged_behind_one_in_flight(
-    open_store: Callable[..., LmdbStore],
+def test_commit_now_commits_a_batch_staged_behind_one_in_flight(
+    open_store: Callable[..., Store],
     clock: ThreadClock,
 ) -> None:
-    # flush_now: "Commit everything staged, synchronously" - also what was staged while
+    # commit_now: "Commit everything staged, synchronously" - also what was staged while
     # the writer thread still had the previous batch.
     store = open_store("always")
     qid = store.create_queue("q", 0)
@@ -424,14 +398,14 @@ def test_flush_now_commits_a_batch_staged_behind_one_in_flight(
     clock.advance(0)  # batch A goes to the writer
     store.put(qid, 1, 0, 0, 0, b"b")
     store.when_committed(lambda ok: heard.append(f"B {ok}"))
-    store.flush_now()
+    store.commit_now()
     assert heard == ["A True", "B True"]
     assert store.commits == 2
     assert not store.has_pending_writes
 
 
 def test_sync_periodic_commits_on_the_clock(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store("periodic")
     qid = store.create_queue("q", 0)
@@ -444,12 +418,12 @@ def test_sync_periodic_commits_on_the_clock(
 
 
 def test_close_commits_what_is_staged(tmp_path: Path, clock: ThreadClock) -> None:
-    store = LmdbStore(tmp_path / "db", clock, sync="never")
+    store = Store(tmp_path / "db", clock, sync="never")
     qid = store.create_queue("q", 0)
     put_items(store, qid, range(2))
     store.close()
     store.close()  # idempotent
-    store = LmdbStore(tmp_path / "db", clock, sync="never")
+    store = Store(tmp_path / "db", clock, sync="never")
     try:
         assert record_of(store, "q").items == 2
     finally:
@@ -460,7 +434,7 @@ def test_close_commits_what_is_staged(tmp_path: Path, clock: ThreadClock) -> Non
 
 
 def test_inspect_store_while_the_store_is_open(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock, tmp_path: Path
+    open_store: Callable[..., Store], clock: ThreadClock, tmp_path: Path
 ) -> None:
     # Another process, as `kestrelpy dump-store` is: LMDB forbids opening one environment
     # twice in a single process.
@@ -485,7 +459,7 @@ def test_inspect_store_while_the_store_is_open(
 
 
 def test_inspect_store_after_close(tmp_path: Path, clock: ThreadClock) -> None:
-    store = LmdbStore(tmp_path / "db", clock, sync="never")
+    store = Store(tmp_path / "db", clock, sync="never")
     qid = store.create_queue("q", 5)
     put_items(store, qid, range(2))
     store.close()
@@ -517,7 +491,7 @@ OPS = st.lists(
 def test_counters_and_contents_match_a_model(tmp_path_factory: Any, ops: list[Any]) -> None:
     path = tmp_path_factory.mktemp("model")
     clock = Clock()
-    store = LmdbStore(path, clock, sync="never")
+    store = Store(path, clock, sync="never")
     try:
         qid = store.create_queue("q", 0)
         model: dict[int, bytes] = {}
@@ -556,7 +530,7 @@ def test_counters_and_contents_match_a_model(tmp_path_factory: Any, ops: list[An
 
 
 def test_delete_recreate_delete_in_one_batch_leaves_nothing_behind(
-    open_store: Callable[..., LmdbStore], clock: ThreadClock
+    open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
     store = open_store()
     first = store.create_queue("q", 0)
@@ -569,3 +543,68 @@ def test_delete_recreate_delete_in_one_batch_leaves_nothing_behind(
     assert store.load_queues() == []
     # The first queue's items are gone too: nothing is readable under its id.
     assert store.read_items(first, 0, 3, 10, 1 << 20) == []
+
+
+# ----------------------------------------------------------------- LmdbStorage alone
+
+
+def batch_creating(name: bytes, qid: int, sizes: list[int]) -> Batch:
+    """A batch that registers queue ``name`` and puts one item of each size in it."""
+    batch = Batch(ticket=0)
+    batch.new_queues[name] = QUEUE_RECORD.pack(qid, 9)
+    batch.next_qid = qid + 1
+    for item_id, size in enumerate(sizes):
+        batch.puts[ITEM_KEY.pack(qid, item_id)] = HEADER.pack(0, 0, 0) + b"v" * size
+    return batch
+
+
+def test_storage_commits_a_batch_with_its_counters(tmp_path: Path) -> None:
+    storage = LmdbStorage(tmp_path / "db", sync="never")
+    try:
+        assert storage.commit(batch_creating(b"q", 1, [3, 4, 5])) is None
+        assert storage.load_queues() == [QueueRecord("q", 1, 9, 0, 3, 3, 12)]
+        assert storage.next_queue_id() == 2
+        removal = Batch(ticket=1)
+        removal.deletes[ITEM_KEY.pack(1, 1)] = 4
+        assert storage.commit(removal) is None
+        assert storage.load_queues() == [QueueRecord("q", 1, 9, 0, 3, 2, 8)]
+    finally:
+        storage.close()
+
+
+def test_storage_writes_nothing_of_a_refused_batch(tmp_path: Path) -> None:
+    storage = LmdbStorage(tmp_path / "db", sync="never")
+    try:
+        batch = batch_creating(b"q", 1, [3])
+        batch.records[b"r" * 600] = b"x"  # LMDB refuses a key this long
+        assert isinstance(storage.commit(batch), StoreError)
+        assert storage.load_queues() == []
+        assert storage.next_queue_id() == 1
+    finally:
+        storage.close()
+
+
+def test_storage_grows_its_map_for_a_batch_that_does_not_fit(tmp_path: Path) -> None:
+    storage = LmdbStorage(tmp_path / "db", sync="always")
+    try:
+        start = (tmp_path / "db" / "data.mdb").stat().st_size
+        assert storage.commit(batch_creating(b"q", 1, [1 << 20] * 24)) is None  # 24 MiB
+        assert (tmp_path / "db" / "data.mdb").stat().st_size > start  # reserved, grown
+        assert storage.store_bytes() > 24 << 20
+        assert storage.load_queues()[0].payload_bytes == 24 << 20
+    finally:
+        storage.close()
+
+
+def test_storage_reads_fill_gaps_from_staged_puts(tmp_path: Path) -> None:
+    storage = LmdbStorage(tmp_path / "db", sync="periodic")
+    try:
+        committed = batch_creating(b"q", 1, [1, 1, 1])
+        staged = {ITEM_KEY.pack(1, 1): committed.puts.pop(ITEM_KEY.pack(1, 1))}
+        assert storage.commit(committed) is None
+        storage.sync()
+        assert ids_of(storage.read_items(1, 0, 3, 10, 100)) == [0, 2]
+        assert ids_of(storage.read_items(1, 0, 3, 10, 100, [{}, staged])) == [0, 1, 2]
+        assert ids_of(storage.read_items(1, 1, 3, 1, 100, [staged])) == [1]
+    finally:
+        storage.close()
