@@ -1,28 +1,34 @@
 """Builds a running kestrelpy server from a :class:`~kestrelpy.config.Config`.
 
-``make_service(config, reactor)`` is the one place the parts meet: store, queues,
-sessions, listener, timers and status. Nothing here runs at import time and the reactor
-is passed in, so tests build servers on any reactor.
+``make_service(config, reactor)`` is the one place the parts meet: store, queues, the
+context every session shares, listener, timers and status. Nothing here runs at import
+time and the reactor is passed in (it is also the clock), so tests build servers on a
+``twisted.internet.task.Clock``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from kestrelpy import __version__
-from kestrelpy.config import STATUSES, Config, load_config
-from kestrelpy.handler import ServerContext, now_ms
+from kestrelpy.clock import ReactorClock, now_ms
+from kestrelpy.config import STATUSES, Config, ServerConfig, load_config
 from kestrelpy.queues.collection import QueueCollection
 from kestrelpy.queues.deadlines import Deadlines
 from kestrelpy.server import MemcacheFactory
 from kestrelpy.stats import ServerStats
-from kestrelpy.storage.lmdb_store import LmdbStore
+from kestrelpy.store import Store
+
+if TYPE_CHECKING:
+    from kestrelpy.handler import Session
 
 
 class StatusKeeper:
@@ -34,13 +40,12 @@ class StatusKeeper:
 
     _log = Logger()
 
-    def __init__(self, ctx: ServerContext, path: Path, default: str, grace_ms: int) -> None:
-        self._ctx = ctx
+    def __init__(self, clock: ReactorClock, path: Path, default: str, grace_ms: int) -> None:
+        self._clock = clock
         self._path = path
         self._grace_s = grace_ms / 1000.0
         self._pending: Any = None
-        ctx.status = self._read() or default
-        ctx.set_status = self.change
+        self.current = self._read() or default
 
     def _read(self) -> str | None:
         try:
@@ -54,14 +59,14 @@ class StatusKeeper:
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
-        if _strictness(status) > _strictness(self._ctx.status) and self._grace_s > 0:
-            self._pending = self._ctx.clock.callLater(self._grace_s, self._apply, status)
+        if _strictness(status) > _strictness(self.current) and self._grace_s > 0:
+            self._pending = self._clock.callLater(self._grace_s, self._apply, status)
         else:
             self._apply(status)
 
     def _apply(self, status: str) -> None:
         self._pending = None
-        self._ctx.status = status
+        self.current = status
         self._log.info("status is now {status}", status=status)
 
     def _write(self, status: str) -> None:
@@ -75,6 +80,32 @@ def _strictness(status: str) -> int:
     return {"up": 0, "writeavoid": 0, "readonly": 1, "quiescent": 2}[status]
 
 
+@dataclass
+class ServerContext:
+    """What every session shares: the queues, counters, clock and server controls."""
+
+    collection: QueueCollection
+    stats: ServerStats
+    clock: ReactorClock
+    deadlines: Deadlines
+    status_keeper: StatusKeeper
+    shutdown: Callable[[], None]
+    reload: Callable[[], Config]
+    sessions: set[Session] = field(default_factory=set)
+
+    @property
+    def settings(self) -> ServerConfig:
+        return self.collection.config.server
+
+    @property
+    def status(self) -> str:
+        """The status in force (a tightening waits out its grace period first)."""
+        return self.status_keeper.current
+
+    def set_status(self, status: str) -> None:
+        self.status_keeper.change(status)
+
+
 class KestrelService(MultiService):
     """The server: listens on start; on stop, stops accepting, commits, closes the store."""
 
@@ -85,23 +116,23 @@ class KestrelService(MultiService):
         self.config = config
         self._reactor = reactor
         server = config.server
-        self.store = LmdbStore(
+        self.store = Store(
             server.data_dir, reactor, sync=server.sync, sync_interval_ms=server.sync_interval_ms
         )
-        self.stats = ServerStats()
-        self.collection = QueueCollection(self.store, config, self.stats)
+        self.stats = ServerStats(started_s=reactor.seconds())
+        self.collection = QueueCollection(self.store, config, self.stats, reactor)
+        status_file = server.status_file or server.data_dir / ".status"
+        self.status = StatusKeeper(
+            reactor, status_file, server.default_status, server.status_change_grace_period
+        )
         self.ctx = ServerContext(
             collection=self.collection,
             stats=self.stats,
             clock=reactor,
-            store_bytes=self.store.store_bytes,
+            deadlines=Deadlines(reactor),
+            status_keeper=self.status,
             shutdown=self._shutdown,
             reload=self.reload,
-            deadlines=Deadlines(reactor),
-        )
-        status_file = server.status_file or server.data_dir / ".status"
-        self.status = StatusKeeper(
-            self.ctx, status_file, server.default_status, server.status_change_grace_period
         )
         self.port: Any = None  # IListeningPort once started
         self._expiry: LoopingCall | None = None
@@ -162,10 +193,10 @@ class KestrelService(MultiService):
 
     def _sweep(self) -> None:
         """Timer: expire items at queue heads, then delete queues past ``max_queue_age``."""
-        now = now_ms()
+        now = now_ms(self._reactor)
         self.collection.flush_all_expired(now)
         for session_waiters in self.collection.delete_aged_out_queues(now):
-            session_waiters.cancel()
+            session_waiters.on_queue_deleted()
 
     def _shutdown(self) -> None:
         self._log.info("shutdown requested by a client")
@@ -173,5 +204,5 @@ class KestrelService(MultiService):
 
 
 def make_service(config: Config, reactor: Any) -> KestrelService:
-    """One pure builder for the whole server (see STYLE.md)."""
+    """One pure builder for the whole server: every part is made here, from the config."""
     return KestrelService(config, reactor)

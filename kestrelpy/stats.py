@@ -1,11 +1,22 @@
-"""Server-wide counters: the one place they are kept (stats, dump_stats and metrics read them).
+"""Server-wide counters, and the reports every stats reader builds from them.
 
-Per-queue counters live on each :class:`~kestrelpy.queues.queue.Queue`.
+The counters are kept in one place: :class:`ServerStats` for the server, attributes of
+each :class:`~kestrelpy.queues.queue.Queue` for a queue. ``stats``, ``dump_stats`` (and the
+metrics and admin API to come) are the functions below over those same counters, never a
+second tally. Reports take the time as an argument: the caller reads its clock once.
 """
 
 from __future__ import annotations
 
-import time
+from typing import TYPE_CHECKING
+
+from kestrelpy import __version__
+
+if TYPE_CHECKING:
+    from kestrelpy.queues.collection import QueueCollection
+    from kestrelpy.queues.queue import Queue
+
+StatPairs = list[tuple[str, object]]
 
 
 class ServerStats:
@@ -23,12 +34,12 @@ class ServerStats:
         "queue_creates",
         "queue_deletes",
         "queue_expires",
-        "started",
+        "started_s",
         "total_connections",
     )
 
-    def __init__(self) -> None:
-        self.started = time.time()
+    def __init__(self, started_s: float) -> None:
+        self.started_s = started_s  # unix seconds, from the server's clock
         self.bytes_read = 0
         self.bytes_written = 0
         self.cmd_get = 0
@@ -42,5 +53,86 @@ class ServerStats:
         self.queue_deletes = 0
         self.queue_expires = 0
 
-    def uptime_s(self) -> int:
-        return int(time.time() - self.started)
+
+def server_report(stats: ServerStats, collection: QueueCollection, now_ms: int) -> StatPairs:
+    """The ``stats`` command: server counters, then every queue's and alias's."""
+    return _server_pairs(stats, collection, now_ms) + _queues_pairs(collection, now_ms)
+
+
+def _server_pairs(stats: ServerStats, collection: QueueCollection, now_ms: int) -> StatPairs:
+    queues = collection.queues()
+    now_s = now_ms // 1000
+    return [
+        ("uptime", int(now_ms / 1000 - stats.started_s)),
+        ("time", now_s),
+        ("version", f"kestrelpy-{__version__}"),
+        ("curr_items", sum(q.items for q in queues)),
+        ("total_items", sum(q.total_items for q in queues)),
+        ("bytes", sum(q.bytes for q in queues)),
+        ("reserved_memory_ratio", "0.000"),
+        ("curr_connections", stats.curr_connections),
+        ("total_connections", stats.total_connections),
+        ("cmd_get", stats.cmd_get),
+        ("cmd_set", stats.cmd_set),
+        ("cmd_peek", stats.cmd_peek),
+        ("get_hits", stats.get_hits),
+        ("get_misses", stats.get_misses),
+        ("bytes_read", stats.bytes_read),
+        ("bytes_written", stats.bytes_written),
+        ("queue_creates", stats.queue_creates),
+        ("queue_deletes", stats.queue_deletes),
+        ("queue_expires", stats.queue_expires),
+    ]
+
+
+def _queues_pairs(collection: QueueCollection, now_ms: int) -> StatPairs:
+    pairs: StatPairs = []
+    for queue in collection.queues():
+        prefix = f"queue_{queue.name}_"
+        pairs.extend(
+            (prefix + key, value) for key, value in queue_report(collection, queue, now_ms)
+        )
+    for alias in sorted(collection.aliases):
+        prefix = f"queue_{alias}_"
+        pairs.append((prefix + "put_items", collection.alias_put_items.get(alias, 0)))
+        pairs.append((prefix + "put_bytes", collection.alias_put_bytes.get(alias, 0)))
+        pairs.append((prefix + "children", ",".join(collection.aliases[alias])))
+    return pairs
+
+
+def queue_report(collection: QueueCollection, queue: Queue, now_ms: int) -> StatPairs:
+    """One queue's counters, in Kestrel's order and names (``stats``, ``dump_stats``)."""
+    oldest = queue.oldest_age_ms(now_ms)
+    pairs: StatPairs = [
+        ("items", queue.items),
+        ("bytes", queue.bytes),
+        ("total_items", queue.total_items),
+        ("logsize", queue.bytes + queue.open_bytes),
+        ("expired_items", queue.expired_items),
+        ("mem_items", queue.mem_items),
+        ("mem_bytes", queue.mem_bytes),
+        ("age", queue.age_ms if queue.items else 0),
+        ("discarded", queue.discarded),
+        ("waiters", queue.waiters),
+        ("open_transactions", queue.open_transactions),
+        ("transactions", queue.transactions),
+        ("canceled_transactions", queue.canceled_transactions),
+        ("total_flushes", queue.total_flushes),
+        ("journal_rewrites", 0),
+        ("journal_rotations", 0),
+        ("create_time", queue.create_time),
+        ("age_msec", oldest),
+        ("oldest_item_age_ms", oldest),
+    ]
+    children = collection.children_of(queue.name)
+    if children:
+        pairs.append(("children", ",".join(children)))
+    return pairs
+
+
+def dump_stats_lines(collection: QueueCollection, name: str, now_ms: int) -> list[str]:
+    """The body of one ``dump_stats`` block: ``key=value`` lines of the queue's report."""
+    queue = collection.get(name)
+    if queue is None:
+        return [""]  # Kestrel's block for an unknown queue holds one blank line
+    return [f"{key}={value}" for key, value in queue_report(collection, queue, now_ms)]

@@ -10,8 +10,9 @@ Fixtures:
 
 - ``kp``: a :class:`Harness` factory, ``kp(config_text=...)``; every service it built is
   stopped (its store closed) at teardown.
-- ``clock``, ``open_store``: a bare :class:`LmdbStore` factory on a :class:`ThreadClock`,
-  for the store's own tests (its writer thread reports through ``callFromThread``).
+- ``clock``, ``open_store``: a bare :class:`~kestrelpy.store.Store` factory on a
+  :class:`ThreadClock`, for the store's own tests (its writer thread reports through
+  ``callFromThread``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from kestrelpy.config import load_config
-from kestrelpy.handler import ServerContext
 from kestrelpy.queues.collection import QueueCollection
 from kestrelpy.server import MemcacheConnection, MemcacheFactory
-from kestrelpy.service import KestrelService, make_service
-from kestrelpy.storage.lmdb_store import LmdbStore
+from kestrelpy.service import KestrelService, ServerContext, make_service
+from kestrelpy.store import Store
 
 DEFAULT_CONFIG = '[server]\nsync = "never"\nexpiration_timer_frequency = "never"\n'
+HARNESS_EPOCH_S = 1_700_000_000  # where a harness clock starts: a plausible "now", in unix s
 
 
 class TcpStringTransport(StringTransport):
@@ -106,6 +107,7 @@ class Harness:
         self.config_path = root / "server.conf"
         self.config_path.write_text(config_text, encoding="utf-8")
         self.clock = Clock()
+        self.clock.advance(HARNESS_EPOCH_S)
         self.services: list[KestrelService] = []
         self.service = self._build()
 
@@ -120,7 +122,7 @@ class Harness:
         return self.service.ctx
 
     @property
-    def store(self) -> LmdbStore:
+    def store(self) -> Store:
         return self.service.store
 
     @property
@@ -205,11 +207,11 @@ def clock() -> ThreadClock:
 
 
 @pytest.fixture
-def open_store(tmp_path: Path, clock: ThreadClock) -> Iterator[Callable[..., LmdbStore]]:
-    stores: list[LmdbStore] = []
+def open_store(tmp_path: Path, clock: ThreadClock) -> Iterator[Callable[..., Store]]:
+    stores: list[Store] = []
 
-    def build(sync: str = "never", path: Path | None = None) -> LmdbStore:
-        store = LmdbStore(path or tmp_path / "db", clock, sync=sync)  # type: ignore[arg-type]
+    def build(sync: str = "never", path: Path | None = None) -> Store:
+        store = Store(path or tmp_path / "db", clock, sync=sync)  # type: ignore[arg-type]
         stores.append(store)
         return store
 

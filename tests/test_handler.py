@@ -1,4 +1,4 @@
-"""Session: what each request means, its reply and its control code (PROTOCOL.md §2-§7).
+"""Session: what each request means, its reply and its control code (docs/protocol.md §2-§7).
 
 Most tests run a :class:`~kestrelpy.handler.Session` directly on parsed requests and look
 at the reply parts it appends (plain bytes, or Durable markers the connection turns into
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from conftest import DEFAULT_CONFIG, Harness
 
-from kestrelpy.handler import (
+from kestrelpy.handler import Session
+from kestrelpy.replies import (
     BLOCKED,
     CLOSE,
     DELETED_DURABLE,
@@ -24,7 +25,6 @@ from kestrelpy.handler import (
     STORED_DURABLE,
     WROTE,
     Durable,
-    Session,
 )
 from kestrelpy.wire.memcache import NOT_STORED, MemcacheParser
 
@@ -132,7 +132,7 @@ def test_missing_queue_names(kp: MakeHarness) -> None:
 
 
 def test_flush_expired_without_a_name_closes(kp: MakeHarness) -> None:
-    # PROTOCOL.md §7: a missing argument to flush_expired drops the connection in Kestrel;
+    # docs/protocol.md §7: a missing argument to flush_expired drops the connection in Kestrel;
     # kestrelpy says why (CLIENT_ERROR) and closes.
     d = Driver(kp())
     codes, out = d.run(b"flush_expired\r\n")
@@ -358,7 +358,7 @@ def test_end_cancels_the_wait_and_returns_open_items(kp: MakeHarness) -> None:
 
 
 def test_confirm(kp: MakeHarness) -> None:
-    # PROTOCOL.md §5: `confirm q count` confirms the count oldest open items -> END; more
+    # docs/protocol.md §5: `confirm q count` confirms the count oldest open items -> END; more
     # than are open (or 0) confirms nothing -> ERROR, kept; a missing count -> CLIENT_ERROR.
     h = kp(conf("max_open_transactions = 5\n"))
     d = Driver(h)
@@ -377,7 +377,7 @@ def test_confirm(kp: MakeHarness) -> None:
 
 
 def test_monitor_opens_up_to_max_items(kp: MakeHarness) -> None:
-    # PROTOCOL.md §5: each item `VALUE q 0 n` + data + END, then a final END.
+    # docs/protocol.md §5: each item `VALUE q 0 n` + data + END, then a final END.
     h = kp(conf("max_open_transactions = 10\n"))
     conn = h.connect()
     conn.ask(set_req(b"q", b"a") + set_req(b"q", b"b") + set_req(b"q", b"c"))

@@ -1,13 +1,15 @@
-"""The lean epoll reactor on real sockets: events reach protocols, and a protocol that
-raises loses only its own connection."""
+"""The Twisted adaptations on real sockets: the lean epoll reactor delivers events and a
+protocol that raises loses only its own connection; write_promptly keeps reply order."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.testing import StringTransport
 
-from kestrelpy.reactor import LeanEPollReactor
+from kestrelpy.reactor import LeanEPollReactor, write_promptly
 
 
 class Echo(Protocol):
@@ -60,3 +62,62 @@ def test_echo_and_a_raising_protocol_only_drops_its_connection() -> None:
     assert record["good"] == b"hello"
     assert "bad" not in record  # dropped without a reply
     assert record["bad lost"] is True
+
+
+class Replier(Protocol):
+    """Answers each chunk with ``reply`` through write_promptly, then a marker through write."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+
+    def dataReceived(self, data: bytes) -> None:
+        write_promptly(self.transport, self.reply)
+        self.transport.write(b"<end>")  # type: ignore[union-attr]
+
+
+class Collector(Protocol):
+    def __init__(self, record: dict[str, Any], expected: int) -> None:
+        self.record = record
+        self.expected = expected
+        self.received = bytearray()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"go")  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.expected:
+            self.record["received"] = bytes(self.received)
+            self.record["reactor"].stop()
+
+
+class CollectorFactory(ClientFactory):
+    def __init__(self, record: dict[str, Any], expected: int) -> None:
+        self.record = record
+        self.expected = expected
+
+    def buildProtocol(self, addr: Any) -> Collector:
+        return Collector(self.record, self.expected)
+
+
+@pytest.mark.parametrize("size", [16, 8 * 1024 * 1024])
+def test_write_promptly_keeps_order_with_twisted_writes(size: int) -> None:
+    # 16 B goes straight to the idle socket; 8 MiB overflows it, and the rest must
+    # still arrive before the marker written through Twisted after it.
+    reply = bytes(range(256)) * (size // 256) if size >= 256 else b"x" * size
+    reactor = LeanEPollReactor()
+    record: dict[str, Any] = {"reactor": reactor}
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: Replier(reply)), interface="127.0.0.1")
+    address = port.getHost()
+    reactor.connectTCP(address.host, address.port, CollectorFactory(record, size + 5))
+    deadline = reactor.callLater(30, reactor.stop)
+    reactor.run(installSignalHandlers=False)
+    assert deadline.active(), "the reply did not arrive within 30 s"
+    deadline.cancel()
+    assert record["received"] == reply + b"<end>"
+
+
+def test_write_promptly_on_a_transport_without_a_socket_uses_write() -> None:
+    transport = StringTransport()
+    write_promptly(transport, b"hello")
+    assert transport.value() == b"hello"

@@ -20,7 +20,8 @@ from conftest import DEFAULT_CONFIG, Conn, Harness
 
 from kestrelpy import __version__
 from kestrelpy.config import load_config
-from kestrelpy.handler import COMMIT_FAILED
+from kestrelpy.replies import COMMIT_FAILED
+from kestrelpy.server import _PAUSE_BACKLOG, State
 from kestrelpy.service import make_service
 
 VERSION = b"VERSION kestrelpy-" + __version__.encode() + b"\r\n"
@@ -156,7 +157,7 @@ def test_a_set_handed_to_a_blocked_open_read_is_stored(kp: MakeHarness) -> None:
 
 
 def test_a_handed_over_set_still_waits_for_an_earlier_removal(kp: MakeHarness) -> None:
-    """PROTOCOL.md 12: a STORED follows the commit of every removal answered before."""
+    """docs/protocol.md 12: a STORED follows the commit of every removal answered before."""
     h = kp()
     first, reader, writer = h.connect(), h.connect(), h.connect()
     fill(first, b"q", b"old")
@@ -262,7 +263,7 @@ def test_stored_set_survives_a_crash(kp: MakeHarness, tmp_path: Path) -> None:
 
 
 def test_removal_answered_before_a_set_commits_with_it(kp: MakeHarness, tmp_path: Path) -> None:
-    # PROTOCOL.md §12: a STORED means every removal answered before it is committed too.
+    # docs/protocol.md §12: a STORED means every removal answered before it is committed too.
     h = kp()
     reader, writer = h.connect(), h.connect()
     fill(writer, b"q", b"a", b"b")
@@ -731,9 +732,7 @@ def test_huge_exptime_is_a_client_error(kp: MakeHarness) -> None:
     assert conn.ask(b"get q\r\n") in (b"", b"END\r\n")
 
 
-def test_expired_items_are_never_returned(kp: MakeHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1_700_000_000_000]
-    monkeypatch.setattr("kestrelpy.handler.now_ms", lambda: now[0])
+def test_expired_items_are_never_returned(kp: MakeHarness) -> None:
     h = kp()
     conn = h.connect()
     conn.ask(
@@ -742,23 +741,21 @@ def test_expired_items_are_never_returned(kp: MakeHarness, monkeypatch: pytest.M
         + set_req(b"q", b"ten", exptime=10)  # relative: 10 s
         + set_req(b"q", b"keep")
     )
-    now[0] += 9_999
+    h.clock.advance(9.999)
     assert conn.ask(b"get q/peek\r\n") == value(b"q/peek", b"ten")
     assert queue_stat(h, "q", "expired_items") == 2
-    now[0] += 1
+    h.clock.advance(0.001)
     assert conn.ask(b"get q\r\n") == value(b"q", b"keep")
     assert queue_stat(h, "q", "expired_items") == 3
 
 
-def test_max_age_applies(kp: MakeHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1_700_000_000_000]
-    monkeypatch.setattr("kestrelpy.handler.now_ms", lambda: now[0])
+def test_max_age_applies(kp: MakeHarness) -> None:
     h = kp(DEFAULT_CONFIG + '[queues."q"]\nmax_age = "2s"\n')
     conn = h.connect()
     conn.ask(set_req(b"q", b"a") + set_req(b"q", b"b", exptime=1))
-    now[0] += 1_000
+    h.clock.advance(1.0)
     assert conn.ask(b"get q/peek\r\n") == value(b"q/peek", b"a")  # b expired already
-    now[0] += 1_000
+    h.clock.advance(1.0)
     assert conn.ask(b"get q\r\n") == b"END\r\n"
 
 
@@ -987,3 +984,75 @@ def test_disconnect_after_delete_does_not_revive_the_old_item(kp: MakeHarness) -
     assert queue_stat(h, "q", "open_transactions") == 0
     assert queue_stat(h, "q", "canceled_transactions") == 0
     assert drain(admin, b"q") == [b"new"]
+
+
+# ------------------------------------------------------------- connection states
+
+
+def test_connection_state_follows_its_requests(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    assert reader.proto.state is State.RUNNING
+    assert reader.ask(b"get q/t=1000\r\nversion\r\n") == b""
+    assert reader.proto.state is State.WAITING
+    writer.ask(set_req(b"q", b"x"))
+    assert reader.proto.state is State.RUNNING
+    assert reader.take() == value(b"q/t=1000", b"x") + VERSION
+    reader.send(b"quit\r\nversion\r\n")
+    assert reader.proto.state is State.CLOSING
+    h.settle()
+    assert reader.closing and reader.take() == b""  # nothing after quit is run
+    reader.lose()
+    assert reader.proto.state is State.GONE
+
+
+def test_a_long_backlog_behind_a_wait_pauses_reading_until_it_ends(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    reader.send(b"get q/t=1000\r\n")
+    reader.send(b"version\r\n" * (_PAUSE_BACKLOG + 1))  # arrives while the read waits
+    assert reader.transport.producerState == "paused"
+    writer.ask(set_req(b"q", b"x"))
+    h.settle()
+    assert reader.proto.state is State.RUNNING
+    assert reader.transport.producerState == "producing"
+    assert reader.take() == value(b"q/t=1000", b"x") + VERSION * (_PAUSE_BACKLOG + 1)
+
+
+def test_a_full_send_buffer_stops_running_requests_until_it_drains(kp: MakeHarness) -> None:
+    h = kp()
+    conn = h.connect()
+    conn.proto.pauseProducing()  # what the transport does when the client stops reading
+    assert conn.transport.producerState == "paused"
+    conn.send(b"version\r\n")
+    h.settle()
+    assert conn.take() == b""
+    conn.proto.resumeProducing()
+    assert conn.transport.producerState == "producing"
+    h.settle()
+    assert conn.take() == VERSION
+
+
+def test_reading_resumes_only_when_no_reason_to_pause_is_left(kp: MakeHarness) -> None:
+    h = kp()
+    reader, writer = h.connect(), h.connect()
+    reader.send(b"get q/t=1000\r\n")
+    reader.send(b"version\r\n" * (_PAUSE_BACKLOG + 1))  # arrives while the read waits
+    reader.proto.pauseProducing()  # and the client stops reading as well
+    writer.ask(set_req(b"q", b"x"))
+    h.settle()
+    assert reader.transport.producerState == "paused"  # the send buffer is still full
+    reader.proto.resumeProducing()
+    h.settle()
+    assert reader.transport.producerState == "producing"
+    assert reader.take() == value(b"q/t=1000", b"x") + VERSION * (_PAUSE_BACKLOG + 1)
+
+
+def test_a_reload_that_turns_client_timeout_off_keeps_open_connections(kp: MakeHarness) -> None:
+    h = kp(config(client_timeout='"10s"'))
+    conn = h.connect()
+    h.config_path.write_text(DEFAULT_CONFIG, encoding="utf-8")
+    assert conn.ask(b"reload\r\n") == b"Reloaded config.\r\n"
+    assert conn.ask(b"version\r\n") == VERSION
+    h.clock.advance(60)
+    assert not conn.closing

@@ -1,0 +1,98 @@
+"""A connection's one blocked read (``get q/t=N``, or ``monitor``): its waiter, its timeout.
+
+While blocked, a connection is a :class:`~kestrelpy.queues.queue.Waiter` on one queue plus
+one entry in the server's :class:`~kestrelpy.queues.deadlines.Deadlines`. The wait ends in
+exactly one of three ways, each reported once to the session: an item is handed over (the
+waiter's ``deliver``), the time runs out (``on_timeout``), or the queue is deleted
+(``on_gone``). A ``monitor`` is a wait that takes up to ``monitor_left`` items, one waiter
+after another, under a single deadline. Reactor thread only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kestrelpy.queues.deadlines import Deadline, Deadlines
+from kestrelpy.queues.queue import Item, Queue, Waiter
+
+
+class BlockedRead:
+    """The blocked read of one session; idle (``waiter is None``) between waits."""
+
+    __slots__ = (
+        "_deadlines",
+        "_on_gone",
+        "_on_timeout",
+        "_timer",
+        "key",
+        "monitor_left",
+        "queue",
+        "waiter",
+        "with_cas",
+    )
+
+    def __init__(
+        self,
+        deadlines: Deadlines,
+        on_timeout: Callable[[Queue, bool], None],
+        on_gone: Callable[[], None],
+    ) -> None:
+        self._deadlines = deadlines
+        self._on_timeout = on_timeout  # (queue, was a monitor)
+        self._on_gone = on_gone
+        self._timer: Deadline | None = None
+        self.queue: Queue | None = None
+        self.waiter: Waiter | None = None
+        self.key = b""  # the get's key, echoed in the VALUE line
+        self.with_cas = False
+        self.monitor_left = 0  # items a blocked monitor may still open
+
+    def begin(
+        self,
+        queue: Queue,
+        mode: int,
+        deliver: Callable[[Item], None],
+        wait_ms: int,
+        *,
+        key: bytes = b"",
+        with_cas: bool = False,
+        monitor_left: int = 0,
+    ) -> None:
+        """Wait on ``queue`` for at most ``wait_ms``; ``deliver`` gets the item."""
+        self.queue = queue
+        self.key = key
+        self.with_cas = with_cas
+        self.monitor_left = monitor_left
+        self.waiter = queue.add_waiter(mode, deliver, self._gone)
+        self._timer = self._deadlines.add(wait_ms, self._timed_out)
+
+    def wait_again(self, mode: int, deliver: Callable[[Item], None]) -> None:
+        """A monitor took an item and may take more: wait for the next, same deadline."""
+        assert self.queue is not None
+        self.waiter = self.queue.add_waiter(mode, deliver, self._gone)
+
+    def end(self) -> None:
+        """Stop waiting (item handed over, or the connection is gone): no report."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.queue is not None and self.waiter is not None:
+            self.queue.remove_waiter(self.waiter)  # a no-op for a waiter already served
+        self.waiter = None
+        self.queue = None
+        self.monitor_left = 0
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        queue = self.queue
+        if queue is None or self.waiter is None:
+            return
+        was_monitor = self.monitor_left > 0
+        self.end()
+        self._on_timeout(queue, was_monitor)
+
+    def _gone(self) -> None:
+        """The queue was deleted (its waiters already released): the read ends empty."""
+        if self.waiter is not None:
+            self.end()
+            self._on_gone()

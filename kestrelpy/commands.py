@@ -1,0 +1,218 @@
+"""The commands that act on the server or on whole queues, not on one connection's reads.
+
+``delete``, ``flush*``, ``stats``, ``dump_*``, ``status``, ``reload``, ``shutdown``,
+``version`` and ``quit``: each a function ``(ctx, request, out) -> code`` that appends its
+reply to ``out`` and returns a :mod:`~kestrelpy.replies` code. They hold no per-connection
+state; the session dispatches to them through :data:`COMMANDS`. Also the two reply helpers
+every command shares: the status refusal and the error line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from kestrelpy import __version__
+from kestrelpy.clock import now_ms
+from kestrelpy.config import STATUSES, ServerConfig, dump_config_lines
+from kestrelpy.replies import (
+    CLOSE,
+    DELETED_DURABLE,
+    DONE,
+    END_DURABLE,
+    FLUSHED_DURABLE,
+    WROTE,
+    Durable,
+)
+from kestrelpy.stats import dump_stats_lines, server_report
+from kestrelpy.wire.memcache import DELETED, END, Command, stat_lines
+
+if TYPE_CHECKING:
+    from kestrelpy.service import ServerContext
+
+Out = list[Any]  # reply parts: bytes, or Durable markers
+CommandFunction = Callable[["ServerContext", Command, Out], int]
+
+
+def error_line(settings: ServerConfig, line: bytes) -> bytes:
+    """An error reply; only its first word under ``bare_error_lines`` (old clients)."""
+    if settings.bare_error_lines:
+        line = line.split(b" ", 1)[0]
+    return line + b"\r\n"
+
+
+def refused(ctx: ServerContext, out: Out, *, writes: bool) -> bool:
+    """True, with a SERVER_ERROR line in ``out``, when the server status (or the
+    connection limit) refuses this kind of request; the caller then closes.
+
+    SERVER_ERROR because Kestrel clients retry on another server only for that reply.
+    """
+    status = ctx.status
+    settings = ctx.settings
+    if status == "quiescent" or (writes and status == "readonly"):
+        out.append(error_line(settings, b"SERVER_ERROR server is " + status.encode()))
+        return True
+    limit = (
+        settings.connection_limit_refuse_writes
+        if writes
+        else settings.connection_limit_refuse_reads
+    )
+    if limit and ctx.stats.curr_connections > limit:
+        out.append(error_line(settings, b"SERVER_ERROR too many connections"))
+        return True
+    return False
+
+
+def _reply(request: Command, out: Out, reply: bytes | Durable) -> None:
+    if not request.noreply:
+        out.append(reply)
+
+
+def _queue_arg(ctx: ServerContext, request: Command, out: Out) -> str | None:
+    if not request.args:
+        if not request.noreply:
+            out.append(error_line(ctx.settings, b"CLIENT_ERROR missing queue name"))
+        return None
+    return request.args[0].decode("latin-1")
+
+
+def _write_target(ctx: ServerContext, request: Command, out: Out, missing: int = DONE) -> str | int:
+    """The queue a write command names, once the status allows writes.
+
+    Otherwise the code the command must return (its error line is already in ``out``).
+    """
+    name = _queue_arg(ctx, request, out)
+    if name is None:
+        return missing
+    if refused(ctx, out, writes=True):
+        return CLOSE
+    return name
+
+
+def delete(ctx: ServerContext, request: Command, out: Out) -> int:
+    name = _write_target(ctx, request, out)
+    if isinstance(name, int):
+        return name
+    if name in ctx.collection.aliases:
+        _reply(request, out, DELETED)
+        return DONE
+    for waiter in ctx.collection.delete(name):
+        waiter.on_queue_deleted()
+    _reply(request, out, DELETED_DURABLE)
+    return WROTE
+
+
+def flush(ctx: ServerContext, request: Command, out: Out) -> int:
+    name = _write_target(ctx, request, out)
+    if isinstance(name, int):
+        return name
+    ctx.collection.flush(name)
+    _reply(request, out, END_DURABLE)
+    return WROTE
+
+
+def flush_all(ctx: ServerContext, request: Command, out: Out) -> int:
+    if refused(ctx, out, writes=True):
+        return CLOSE
+    ctx.collection.flush_all()
+    _reply(request, out, FLUSHED_DURABLE)
+    return WROTE
+
+
+def flush_expired(ctx: ServerContext, request: Command, out: Out) -> int:
+    name = _write_target(ctx, request, out, missing=CLOSE)  # Kestrel drops it there
+    if isinstance(name, int):
+        return name
+    count = ctx.collection.flush_expired(name, now_ms(ctx.clock))
+    _reply(request, out, b"%d\r\n" % count)
+    return WROTE
+
+
+def flush_all_expired(ctx: ServerContext, request: Command, out: Out) -> int:
+    count = ctx.collection.flush_all_expired(now_ms(ctx.clock))
+    _reply(request, out, b"%d\r\n" % count)
+    return WROTE
+
+
+def version(ctx: ServerContext, request: Command, out: Out) -> int:
+    out.append(b"VERSION kestrelpy-%s\r\n" % __version__.encode())
+    return DONE
+
+
+def stats(ctx: ServerContext, request: Command, out: Out) -> int:
+    out.append(stat_lines(server_report(ctx.stats, ctx.collection, now_ms(ctx.clock))))
+    return DONE
+
+
+def dump_stats(ctx: ServerContext, request: Command, out: Out) -> int:
+    now = now_ms(ctx.clock)
+    out.append(_queue_blocks(ctx, request, lambda n: dump_stats_lines(ctx.collection, n, now)))
+    return DONE
+
+
+def dump_config(ctx: ServerContext, request: Command, out: Out) -> int:
+    config = ctx.collection.config
+    out.append(_queue_blocks(ctx, request, lambda n: dump_config_lines(config.queue_config(n))))
+    return DONE
+
+
+def _queue_blocks(
+    ctx: ServerContext, request: Command, body: Callable[[str], Iterable[str]]
+) -> bytes:
+    """``queue 'name' {`` … ``}`` for each queue named (default: all), then END."""
+    names = [a.decode("latin-1") for a in request.args] or ctx.collection.names()
+    lines: list[str] = []
+    for name in names:
+        lines.append(f"queue '{name}' {{")
+        lines.extend(f"  {line}" for line in body(name))
+        lines.append("}")
+    return "".join(line + "\r\n" for line in lines).encode("latin-1") + END
+
+
+def shutdown(ctx: ServerContext, request: Command, out: Out) -> int:
+    ctx.clock.callLater(0, ctx.shutdown)
+    return CLOSE
+
+
+def quit_connection(ctx: ServerContext, request: Command, out: Out) -> int:
+    return CLOSE
+
+
+def reload(ctx: ServerContext, request: Command, out: Out) -> int:
+    try:
+        ctx.reload()
+    except Exception as err:  # a bad file keeps the running config
+        out.append(b"SERVER_ERROR config error: %s\r\n" % str(err).encode("latin-1", "replace"))
+        return DONE
+    out.append(b"Reloaded config.\r\n")
+    return DONE
+
+
+def status(ctx: ServerContext, request: Command, out: Out) -> int:
+    if not request.args:
+        out.append(ctx.status.upper().encode() + b"\r\n")
+        return DONE
+    wanted = request.args[0].decode("latin-1").lower()
+    if wanted not in STATUSES:
+        out.append(error_line(ctx.settings, b"CLIENT_ERROR unknown status"))
+        return CLOSE
+    ctx.set_status(wanted)
+    out.append(END)
+    return DONE
+
+
+COMMANDS: dict[bytes, CommandFunction] = {
+    b"delete": delete,
+    b"flush": flush,
+    b"flush_all": flush_all,
+    b"flush_expired": flush_expired,
+    b"flush_all_expired": flush_all_expired,
+    b"version": version,
+    b"stats": stats,
+    b"dump_stats": dump_stats,
+    b"dump_config": dump_config,
+    b"shutdown": shutdown,
+    b"quit": quit_connection,
+    b"reload": reload,
+    b"status": status,
+}
