@@ -93,7 +93,7 @@ class ServerConfig:
     connection_limit_refuse_writes: int = 0  # 0 = off
     connection_limit_refuse_reads: int = 0  # 0 = off
     http: str = ""  # "host:port" for metrics; "" = off
-    honor_noreply: bool = True  # compatibility switches, PROTOCOL.md §1-§7
+    honor_noreply: bool = True  # compatibility switches, docs/protocol.md §1-§7
     echo_requested_key: bool = True
     gets_cas: bool = True
     preserve_flags: bool = True
@@ -314,7 +314,7 @@ def _path(value: object) -> Path:
 
 
 def _is_queue_name(name: str) -> bool:
-    """PROTOCOL.md §8: any non-empty name without spaces, control characters or "/"."""
+    """docs/protocol.md §8: any non-empty name without spaces, control characters or "/"."""
     return bool(name) and not any(
         char == "/" or char.isspace() or unicodedata.category(char) == "Cc" for char in name
     )
@@ -394,7 +394,7 @@ _TABLES_HINT: Final = 'expected [server], [defaults], [queues."<name>"] or [alia
 
 
 def dump_config_lines(cfg: QueueConfig) -> list[str]:
-    """``key=value`` lines for ``dump_config`` (PROTOCOL.md §12), in field order.
+    """``key=value`` lines for ``dump_config`` (docs/protocol.md §12), in field order.
 
     Durations in ms, sizes in bytes, booleans ``true``/``false``, unset or never as ``none``.
     """

@@ -4,7 +4,7 @@ Pure: no I/O, no Twisted, no queue logic, so it is cheap to test on plain byte s
 cheap to run on the hot path. :class:`MemcacheParser` keeps the framing state of one
 connection (a partial line, or a data block still arriving) and turns every complete
 request of a chunk into a request value, in order, so a pipelined batch is parsed in one
-call. Error replies follow PROTOCOL.md §7: the first token says who is at fault, a short
+call. Error replies follow docs/protocol.md §7: the first token says who is at fault, a short
 reason follows, and ``close`` says whether framing is lost and the connection must end.
 """
 

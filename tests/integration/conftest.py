@@ -82,7 +82,7 @@ def run_kestrelpy(
 
 
 def assert_one_line_user_error(result: subprocess.CompletedProcess[str], *must_mention: str) -> str:
-    """A user error as STYLE.md wants it: exit 2, one stderr line naming ``must_mention``,
+    """A user error as the CLI promises it: exit 2, one stderr line naming ``must_mention``,
     no traceback, nothing on stdout."""
     err = result.stderr
     assert result.returncode == 2, f"exit code {result.returncode}, expected 2\n{err}"
@@ -296,7 +296,7 @@ class Conn:
 def is_our_version(token: bytes | str) -> bool:
     """The version the server reports: ``0.1.0``, or prefixed like ``kestrelpy-0.1.0``.
 
-    PROTOCOL.md says ``VERSION <ver>`` without fixing the format, so a product prefix is
+    docs/protocol.md says ``VERSION <ver>`` without fixing the format, so a product prefix is
     accepted; the number must be the installed package's.
     """
     from kestrelpy import __version__

@@ -1,6 +1,6 @@
 """Admin commands: monitor/confirm, status, reload, dump_config, dump_stats, flush_all, delete.
 
-Contract (PROTOCOL.md §2, §5, §6, §7, §8, §12; issue 5 item 5):
+Contract (docs/protocol.md §2, §5, §6, §7, §8, §12; issue 5 item 5):
 
 - ``monitor q secs [max]`` opens items until ``secs`` pass, ``max`` are sent (default
   ``max_open_transactions``) or the connection holds ``max_open_transactions`` on q; each item
@@ -58,7 +58,8 @@ def monitor_item(queue: str, body: bytes) -> bytes:
 
 
 def wait_open_transactions(server, queue: str, count: int) -> dict[str, str]:
-    """The server handles a disconnect asynchronously (§12): poll until it has."""
+    """The server handles a disconnect asynchronously (docs/protocol.md §12): poll until
+    it has."""
     seen: dict[str, str] = {}
     with server.connect() as conn:
 

@@ -1,11 +1,11 @@
 """``kestrelpy stats`` and ``kestrelpy dump-store`` against a real server and store.
 
-Contract (issue 5, item 7; STYLE.md, CLI): ``stats --server host:port [--json]`` prints a
-running server's stats, one line per stat or one JSON object; ``dump-store --data-dir DIR
-[--json]`` lists the queues of an LMDB store with their item counts and payload bytes,
-read-only and safe while the server runs. A user error (unreachable server, a directory that
-is not a store) prints one line on stderr and exits 2, never a traceback.
-"""
+Contract (issue 5, item 7; a user error is one line and exit 2): ``stats --server host:port
+[--json]`` prints a running server's stats, one line per stat or one JSON object;
+``dump-store --data-dir DIR [--json]`` lists the queues of an LMDB store with their item
+counts and payload bytes, read-only and safe while the server runs. A user error
+(unreachable server, a directory that is not a store) prints one line on stderr and exits 2,
+never a traceback."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def busy_server(server_factory):
             assert conn.set("done", body) == b"STORED\r\n"
         assert conn.get("done") == b"a"
         assert conn.get("done") == b"bb"
-        # A STORED reply commits every removal answered before it (PROTOCOL.md §12).
+        # A STORED reply commits every removal answered before it (docs/protocol.md §12).
         assert conn.set("jobs", b"four") == b"STORED\r\n"
     return srv
 

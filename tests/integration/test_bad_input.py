@@ -1,4 +1,4 @@
-"""Malformed and hostile input over the wire (PROTOCOL.md §1, §2, §4, §7, §12).
+"""Malformed and hostile input over the wire (docs/protocol.md §1, §2, §4, §7, §12).
 
 kestrelpy rules checked here: unknown commands get ``ERROR`` and keep the connection; bad
 input gets a ``CLIENT_ERROR <reason>`` line; where Kestrel dropped the connection silently,

@@ -1,7 +1,7 @@
 """The ``kestrelpy`` command line: version, startup errors, signals.
 
 A user error (busy port, unusable data dir, bad config) prints one line on stderr, exits 2,
-and never shows a traceback (STYLE.md, CLI).
+and never shows a traceback (the CLI rule: one line, exit 2).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Real memcache clients (pymemcache, pylibmc, python-memcached) and raw bytes against the server.
 
 Each test uses its own queue on a module-wide server, so the tests do not interfere. The
-expected bytes come from PROTOCOL.md with the kestrelpy defaults: noreply honoured, VALUE
+expected bytes come from docs/protocol.md with the kestrelpy defaults: noreply honoured, VALUE
 echoes the requested key, flags preserved, ``gets`` appends a CAS.
 """
 
@@ -88,7 +88,7 @@ def test_pymemcache_get_many_maps_values_by_requested_key(shared_server, qname):
 
 
 def test_pymemcache_get_many_serves_only_the_first_key(shared_server, qname):
-    """Kestrel ignores keys after the first (PROTOCOL §4): only one item leaves."""
+    """Kestrel ignores keys after the first (docs/protocol.md §4): only one item leaves."""
     client = pymemcache_client(shared_server)
     second = qname + "_second"
     try:
@@ -389,7 +389,8 @@ def test_raw_stats_report_items_and_open_transactions(shared_server, qname):
     ]  # fmt: skip
     assert list(stats)[: len(first_keys)] == first_keys
     assert is_our_version(stats["version"]), stats["version"]
-    assert stats[f"queue_{qname}_items"] == "2"  # the open item is not counted (§12)
+    # the open item is not counted (docs/protocol.md §12)
+    assert stats[f"queue_{qname}_items"] == "2"
     assert stats[f"queue_{qname}_bytes"] == "5"
     assert stats[f"queue_{qname}_open_transactions"] == "1"
     assert stats[f"queue_{qname}_total_items"] == "3"

@@ -1,4 +1,4 @@
-"""Bad ``server.conf`` at start and at ``reload`` (PROTOCOL.md §2, §8, §12; issue 5 item 1).
+"""Bad ``server.conf`` at start and at ``reload`` (docs/protocol.md §2, §8, §12; issue 5 item 1).
 
 Contract: unknown keys and wrong types are errors. At start the server prints one line on
 stderr naming the file, the section and the key, and exits 2 (no traceback, nothing served).

@@ -1,7 +1,7 @@
 """A full disk: sets are refused with SERVER_ERROR, nothing acknowledged is lost, and the
 server recovers on its own when space comes back.
 
-Contract (issue 3, storage; PROTOCOL.md §12): the LMDB map grows on demand, reserving its
+Contract (issue 3, storage; docs/protocol.md §12): the LMDB map grows on demand, reserving its
 disk blocks first, so a full disk surfaces as ``SERVER_ERROR store failure: write not
 committed`` for the writes of the commit that could not grow the map; those items are rolled
 back (never delivered), every ``STORED`` item stays, reads and other connections carry on,
@@ -203,7 +203,7 @@ def test_full_disk_refuses_sets_loses_nothing_and_recovers(small_fs, server_fact
         got = [reader.get("fill") for _ in range(half)]
         assert [label(g) for g in got] == [label(a) for a in acked[:half]]
         assert got == acked[:half]
-        # A later STORED commits the removals answered before it (PROTOCOL.md §12).
+        # A later STORED commits the removals answered before it (docs/protocol.md §12).
         assert reader.set("marker", b"m") == b"STORED\r\n"
 
     # ... and after a restart on the same dir: the store is intact, nothing reappears.

@@ -1,6 +1,6 @@
 """What survives a crash (kill -9) or a clean stop (SIGTERM), on the same data dir.
 
-Contract (PROTOCOL.md §3, §5, §12): under ``sync = "always"`` a ``STORED`` reply means the item
+Contract (docs/protocol.md §3, §5, §12): under ``sync = "always"`` a ``STORED`` reply means the item
 is on disk; removals answered before a later ``STORED`` are on disk too; items open at a crash
 are delivered again, at the head, in their original order. A clean SIGTERM keeps everything
 whatever the sync policy.

@@ -1,6 +1,6 @@
 """Item expiry, queue ``max_age``, ``expire_to_queue``, sweeps and ``max_queue_age``.
 
-Contract (PROTOCOL.md §3, §4, §8, §12; issue 5 item 3): a set's exptime is ``0`` (none),
+Contract (docs/protocol.md §3, §4, §8, §12; issue 5 item 3): a set's exptime is ``0`` (none),
 ``1..999999`` relative seconds, ``>= 1000000`` absolute unix seconds, negative = already
 expired; a queue's ``max_age`` caps every item's life (the earlier of the two wins). Expired
 items are never returned; ``expire_to_queue`` moves them to another queue; ``flush_expired q``

@@ -1,4 +1,4 @@
-"""Fanout queues ``parent+child`` and aliases (PROTOCOL.md §3, §4, §6, §8, §12; issue 5 item 4).
+"""Fanout queues ``parent+child`` and aliases (docs/protocol.md §3-§4, §6, §8, §12).
 
 Contract: a set to ``parent`` puts a copy in every child queue that exists (children are
 created by their first read, or loaded from disk at start); there is no back-fill for a child
@@ -197,7 +197,8 @@ def test_children_on_disk_receive_fanout_after_restart(server_factory):
 
 
 def test_fanout_copies_are_committed_with_the_stored_reply(server_factory):
-    """STORED means committed (§12): after a kill -9 every child still has its copy."""
+    """STORED means committed (docs/protocol.md §12): after a kill -9 every child still has
+    its copy."""
     srv = server_factory("")
     with srv.connect() as conn:
         assert conn.get("crash+a") is None

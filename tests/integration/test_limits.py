@@ -1,4 +1,4 @@
-"""Queue limits configured in ``server.conf`` (PROTOCOL.md §3, §8, §12; issue 5 item 2).
+"""Queue limits configured in ``server.conf`` (docs/protocol.md §3, §8, §12; issue 5 item 2).
 
 Contract: ``max_items``/``max_size`` make a queue full when *adding the item would exceed the
 limit*, so a queue never holds more than its limits and the item that would exceed is refused
@@ -78,7 +78,8 @@ def test_max_items_refuses_the_item_that_would_exceed(srv):
 
 
 def test_open_items_do_not_count_toward_max_items(srv):
-    """``items`` counts waiting items only (§12); an open one has left the queue."""
+    """``items`` counts waiting items only (docs/protocol.md §12); an open one has left the
+    queue."""
     with srv.connect() as holder, srv.connect() as conn:
         for body in (b"1", b"2", b"3"):
             assert conn.set("cap3", body) == b"STORED\r\n"

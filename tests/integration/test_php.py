@@ -133,7 +133,7 @@ def test_php_crashed_worker_job_is_redelivered(server, php):
     assert first[-1] == {"event": "die", "id": 2}
 
     # The server hands the job back when it sees the disconnect; wait for that, or a quick
-    # second worker could be served job 3 first (PROTOCOL §12).
+    # second worker could be served job 3 first (docs/protocol.md §12).
     def released() -> bool:
         with server.connect() as conn:
             return conn.stats()[f"queue_{queue}_open_transactions"] == "0"

@@ -1,13 +1,13 @@
 """A hypothesis state machine against ONE real server, compared with a plain-Python queue.
 
-Issue 5 ("Tests it must have"): set/get/open/close/abort/peek/flush/restart are driven over a
-raw socket, and every reply must be exactly the bytes the model predicts (PROTOCOL.md §3-§5,
-§12): FIFO order; ``/open`` removes tentatively and holds the item on this connection;
-``/close`` confirms it, ``/abort`` puts it back at the head; ``/close/open`` confirms, then
-opens the next; ``/peek`` does not remove; ``flush`` drops waiting items, not open ones; a
-plain get or a second open while holding is ``ERROR`` + close and the held item goes back to
-the head, as it does on a disconnect and on a restart (SIGTERM, then start on the same data
-dir). ``stats`` must agree with the model after every step.
+Issue 5 ("Tests it must have"): set/get/open/close/abort/peek/flush/restart are driven over
+a raw socket, and every reply must be exactly the bytes the model predicts (docs/protocol.md
+§3-§5, §12): FIFO order; ``/open`` removes tentatively and holds the item on this
+connection; ``/close`` confirms it, ``/abort`` puts it back at the head; ``/close/open``
+confirms, then opens the next; ``/peek`` does not remove; ``flush`` drops waiting items, not
+open ones; a plain get or a second open while holding is ``ERROR`` + close and the held item
+goes back to the head, as it does on a disconnect and on a restart (SIGTERM, then start on
+the same data dir). ``stats`` must agree with the model after every step.
 
 Each example uses a fresh queue name, so examples do not see each other's items.
 """
@@ -154,7 +154,8 @@ class QueueMachine(RuleBasedStateMachine):
             self.reconnect_after_close()
 
     def refused_while_holding(self, suffix: bytes) -> None:
-        """A plain get, or a second open, while holding: ERROR, then close (§4)."""
+        """A plain get, or a second open, while holding: ERROR, then close
+        (docs/protocol.md §4)."""
         self.get(suffix, b"ERROR\r\n")
         self.conn.expect_closed()
         self.reconnect_after_close()

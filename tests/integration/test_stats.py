@@ -1,6 +1,6 @@
 """``stats``: every global and per-queue key, in the documented order, with values that move.
 
-Contract (PROTOCOL.md §6, §12; issue 5 item 6): global keys ``uptime`` … ``queue_expires`` in
+Contract (docs/protocol.md §6, §12; issue 5 item 6): global keys ``uptime`` … ``queue_expires`` in
 Kestrel's order; then, per queue in sorted name order, ``queue_<name>_<k>`` for Kestrel's keys
 ``items`` … ``journal_rotations``, then kestrelpy's ``create_time``, ``age_msec``,
 ``oldest_item_age_ms``, then ``children`` only for a fanout parent; then ``END``. ``items`` and

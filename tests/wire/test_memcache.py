@@ -1,6 +1,6 @@
 """kestrelpy.wire.memcache on plain byte strings: framing, request values, errors, replies.
 
-PROTOCOL.md §1 (framing), §4 (get options), §7 (error replies and close decisions) and
+docs/protocol.md §1 (framing), §4 (get options), §7 (error replies and close decisions) and
 §12 (the two item-size limits) are the reference; every expected value below is written
 out by hand rather than computed by the code under test.
 """
@@ -68,7 +68,7 @@ def test_get_reads_only_the_first_key() -> None:
 
 @pytest.mark.parametrize("verb", [b"GET", b"Get", b"gET"])
 def test_get_verb_is_case_insensitive(verb: bytes) -> None:
-    # PROTOCOL.md §1: only the command word is lower-cased; commands are case-insensitive.
+    # docs/protocol.md §1: only the command word is lower-cased; commands are case-insensitive.
     assert parse(verb + b" q\r\n") == [Retrieve(b"q", False)]
 
 
@@ -99,7 +99,7 @@ def test_get_without_key_keeps_the_connection() -> None:
 
 
 def test_double_space_is_an_empty_key_and_closes() -> None:
-    # PROTOCOL.md §1: `get  q` = empty name -> CLIENT_ERROR + close.
+    # docs/protocol.md §1: `get  q` = empty name -> CLIENT_ERROR + close.
     parser = MemcacheParser()
     assert parser.feed(b"get  q\r\nget q\r\n") == [invalid(b"CLIENT_ERROR empty key", close=True)]
     assert parser.closed
@@ -258,7 +258,7 @@ def test_bad_data_chunk_split_across_feeds() -> None:
     "header",
     [
         b"set q x 0 1",
-        b"set q 2147483648 0 1",  # PROTOCOL.md §3: flags are a signed 32-bit int
+        b"set q 2147483648 0 1",  # docs/protocol.md §3: flags are a signed 32-bit int
         b"set q 4294967295 0 1",
         b"set q 1.5 0 1",
         b"set q 0x10 0 1",
@@ -281,7 +281,7 @@ def test_bad_flags_with_noreply_is_silent() -> None:
 
 @pytest.mark.parametrize("exptime", [b"x", b"1.5", b"--1", b"1e3"])
 def test_non_numeric_exptime_closes(exptime: bytes) -> None:
-    # PROTOCOL.md §7: a non-int exptime drops the connection in Kestrel, which kestrelpy
+    # docs/protocol.md §7: a non-int exptime drops the connection in Kestrel, which kestrelpy
     # replaces with CLIENT_ERROR <reason> + close (unlike bad flags, which keep it).
     parser = MemcacheParser()
     requests = parser.feed(b"set q 0 " + exptime + b" 1\r\nx\r\nget q\r\n")
@@ -291,7 +291,7 @@ def test_non_numeric_exptime_closes(exptime: bytes) -> None:
 
 @pytest.mark.parametrize("exptime", [b"2147483648", b"-2147483649", b"9999999999999999999"])
 def test_exptime_outside_int32_closes(exptime: bytes) -> None:
-    # PROTOCOL.md §3: exptime is an int32; Kestrel's toInt fails on anything wider (§7).
+    # docs/protocol.md §3: exptime is an int32; Kestrel's toInt fails on anything wider (§7).
     parser = MemcacheParser()
     requests = parser.feed(b"set q 0 " + exptime + b" 1\r\nx\r\nget q\r\n")
     assert requests == [invalid(b"CLIENT_ERROR bad exptime", close=True)]
@@ -321,7 +321,7 @@ def test_bad_set_key_keeps_the_connection(key: bytes, reason: bytes) -> None:
 
 @pytest.mark.parametrize("verb", [b"add", b"replace", b"append", b"prepend", b"cas", b"ADD"])
 def test_other_storage_verbs_consume_data_then_error(verb: bytes) -> None:
-    # PROTOCOL.md §2: storage verbs' data is consumed first; kp answers ERROR, kept.
+    # docs/protocol.md §2: storage verbs' data is consumed first; kp answers ERROR, kept.
     assert parse(verb + b" q 0 0 5\r\nget q\r\nget r\r\n") == [
         invalid(b"ERROR", close=False),
         Retrieve(b"r", False),
@@ -445,7 +445,7 @@ def test_line_too_long_without_newline() -> None:
 
 @pytest.mark.parametrize("eol", EOLS)
 def test_line_of_exactly_max_length_is_accepted(eol: bytes) -> None:
-    # The limit is on the line; the terminator (`\n` or `\r\n`, PROTOCOL.md §1) is framing.
+    # The limit is on the line; the terminator (`\n` or `\r\n`, docs/protocol.md §1) is framing.
     key = b"k" * (32 - len(b"get "))
     assert parse(b"get " + key + eol, max_line_length=32) == [Retrieve(key, False)]
     assert parse_bytewise(b"get " + key + eol, max_line_length=32) == [Retrieve(key, False)]
