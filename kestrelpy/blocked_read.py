@@ -2,18 +2,30 @@
 
 While blocked, a connection is a :class:`~kestrelpy.queues.queue.Waiter` on one queue plus
 one entry in the server's :class:`~kestrelpy.queues.deadlines.Deadlines`. The wait ends in
-exactly one of three ways, each reported once to the session: an item is handed over (the
-waiter's ``deliver``), the time runs out (``on_timeout``), or the queue is deleted
-(``on_gone``). A ``monitor`` is a wait that takes up to ``monitor_left`` items, one waiter
-after another, under a single deadline. Reactor thread only.
+exactly one of three ways, each reported once to its :class:`ReadOwner` (the session): an
+item is handed over (the waiter's ``deliver``), the time runs out (``read_timed_out``), or
+the queue is deleted (``read_queue_deleted``). A ``monitor`` is a wait that takes up to
+``monitor_left`` items, one waiter after another, under a single deadline. Reactor thread
+only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from kestrelpy.queues.deadlines import Deadline, Deadlines
 from kestrelpy.queues.queue import Item, Queue, Waiter
+
+
+class ReadOwner(Protocol):
+    """Who is told how a blocked read ended without an item (the session)."""
+
+    def read_timed_out(self, queue: Queue, was_monitor: bool) -> None:
+        """The wait's time ran out (for a monitor: its batch ends)."""
+
+    def read_queue_deleted(self) -> None:
+        """The queue waited on was deleted: the read ends empty."""
 
 
 class BlockedRead:
@@ -21,8 +33,7 @@ class BlockedRead:
 
     __slots__ = (
         "_deadlines",
-        "_on_gone",
-        "_on_timeout",
+        "_owner",
         "_timer",
         "key",
         "monitor_left",
@@ -31,15 +42,9 @@ class BlockedRead:
         "with_cas",
     )
 
-    def __init__(
-        self,
-        deadlines: Deadlines,
-        on_timeout: Callable[[Queue, bool], None],
-        on_gone: Callable[[], None],
-    ) -> None:
+    def __init__(self, deadlines: Deadlines, owner: ReadOwner) -> None:
         self._deadlines = deadlines
-        self._on_timeout = on_timeout  # (queue, was a monitor)
-        self._on_gone = on_gone
+        self._owner = owner  # an object, not two bound methods: idle readers are many
         self._timer: Deadline | None = None
         self.queue: Queue | None = None
         self.waiter: Waiter | None = None
@@ -89,10 +94,10 @@ class BlockedRead:
             return
         was_monitor = self.monitor_left > 0
         self.end()
-        self._on_timeout(queue, was_monitor)
+        self._owner.read_timed_out(queue, was_monitor)
 
     def _gone(self) -> None:
         """The queue was deleted (its waiters already released): the read ends empty."""
         if self.waiter is not None:
             self.end()
-            self._on_gone()
+            self._owner.read_queue_deleted()

@@ -24,14 +24,17 @@ from kestrelpy.replies import (
     WROTE,
     Durable,
 )
-from kestrelpy.stats import dump_stats_lines, server_report
+from kestrelpy.stats import ServerStats, dump_stats_lines, server_report
 from kestrelpy.wire.memcache import DELETED, END, Command, stat_lines
 
 if TYPE_CHECKING:
     from kestrelpy.service import ServerContext
 
 Out = list[Any]  # reply parts: bytes, or Durable markers
-CommandFunction = Callable[["ServerContext", Command, Out], int]
+# (server context, the connection's settings, request, reply parts) -> code. The settings
+# are the connection's own: fixed when it opened, so a reload does not change the rules
+# (status refusals, error lines) halfway through a client's conversation.
+CommandFunction = Callable[["ServerContext", ServerConfig, Command, Out], int]
 
 
 def error_line(settings: ServerConfig, line: bytes) -> bytes:
@@ -41,14 +44,15 @@ def error_line(settings: ServerConfig, line: bytes) -> bytes:
     return line + b"\r\n"
 
 
-def refused(ctx: ServerContext, out: Out, *, writes: bool) -> bool:
-    """True, with a SERVER_ERROR line in ``out``, when the server status (or the
+def refused(
+    status: str, settings: ServerConfig, stats: ServerStats, out: Out, *, writes: bool
+) -> bool:
+    """True, with a SERVER_ERROR line in ``out``, when the server ``status`` (or the
     connection limit) refuses this kind of request; the caller then closes.
 
     SERVER_ERROR because Kestrel clients retry on another server only for that reply.
+    Plain values, not the context: a session calls this for every get and set.
     """
-    status = ctx.status
-    settings = ctx.settings
     if status == "quiescent" or (writes and status == "readonly"):
         out.append(error_line(settings, b"SERVER_ERROR server is " + status.encode()))
         return True
@@ -57,10 +61,14 @@ def refused(ctx: ServerContext, out: Out, *, writes: bool) -> bool:
         if writes
         else settings.connection_limit_refuse_reads
     )
-    if limit and ctx.stats.curr_connections > limit:
+    if limit and stats.curr_connections > limit:
         out.append(error_line(settings, b"SERVER_ERROR too many connections"))
         return True
     return False
+
+
+def _refused_write(ctx: ServerContext, settings: ServerConfig, out: Out) -> bool:
+    return refused(ctx.status, settings, ctx.stats, out, writes=True)
 
 
 def _reply(request: Command, out: Out, reply: bytes | Durable) -> None:
@@ -68,29 +76,31 @@ def _reply(request: Command, out: Out, reply: bytes | Durable) -> None:
         out.append(reply)
 
 
-def _queue_arg(ctx: ServerContext, request: Command, out: Out) -> str | None:
+def _queue_arg(settings: ServerConfig, request: Command, out: Out) -> str | None:
     if not request.args:
         if not request.noreply:
-            out.append(error_line(ctx.settings, b"CLIENT_ERROR missing queue name"))
+            out.append(error_line(settings, b"CLIENT_ERROR missing queue name"))
         return None
     return request.args[0].decode("latin-1")
 
 
-def _write_target(ctx: ServerContext, request: Command, out: Out, missing: int = DONE) -> str | int:
+def _write_target(
+    ctx: ServerContext, settings: ServerConfig, request: Command, out: Out, missing: int = DONE
+) -> str | int:
     """The queue a write command names, once the status allows writes.
 
     Otherwise the code the command must return (its error line is already in ``out``).
     """
-    name = _queue_arg(ctx, request, out)
+    name = _queue_arg(settings, request, out)
     if name is None:
         return missing
-    if refused(ctx, out, writes=True):
+    if _refused_write(ctx, settings, out):
         return CLOSE
     return name
 
 
-def delete(ctx: ServerContext, request: Command, out: Out) -> int:
-    name = _write_target(ctx, request, out)
+def delete(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
+    name = _write_target(ctx, settings, request, out)
     if isinstance(name, int):
         return name
     if name in ctx.collection.aliases:
@@ -102,8 +112,8 @@ def delete(ctx: ServerContext, request: Command, out: Out) -> int:
     return WROTE
 
 
-def flush(ctx: ServerContext, request: Command, out: Out) -> int:
-    name = _write_target(ctx, request, out)
+def flush(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
+    name = _write_target(ctx, settings, request, out)
     if isinstance(name, int):
         return name
     ctx.collection.flush(name)
@@ -111,16 +121,16 @@ def flush(ctx: ServerContext, request: Command, out: Out) -> int:
     return WROTE
 
 
-def flush_all(ctx: ServerContext, request: Command, out: Out) -> int:
-    if refused(ctx, out, writes=True):
+def flush_all(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
+    if _refused_write(ctx, settings, out):
         return CLOSE
     ctx.collection.flush_all()
     _reply(request, out, FLUSHED_DURABLE)
     return WROTE
 
 
-def flush_expired(ctx: ServerContext, request: Command, out: Out) -> int:
-    name = _write_target(ctx, request, out, missing=CLOSE)  # Kestrel drops it there
+def flush_expired(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
+    name = _write_target(ctx, settings, request, out, missing=CLOSE)  # Kestrel drops it there
     if isinstance(name, int):
         return name
     count = ctx.collection.flush_expired(name, now_ms(ctx.clock))
@@ -128,29 +138,31 @@ def flush_expired(ctx: ServerContext, request: Command, out: Out) -> int:
     return WROTE
 
 
-def flush_all_expired(ctx: ServerContext, request: Command, out: Out) -> int:
+def flush_all_expired(
+    ctx: ServerContext, settings: ServerConfig, request: Command, out: Out
+) -> int:
     count = ctx.collection.flush_all_expired(now_ms(ctx.clock))
     _reply(request, out, b"%d\r\n" % count)
     return WROTE
 
 
-def version(ctx: ServerContext, request: Command, out: Out) -> int:
+def version(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     out.append(b"VERSION kestrelpy-%s\r\n" % __version__.encode())
     return DONE
 
 
-def stats(ctx: ServerContext, request: Command, out: Out) -> int:
+def stats(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     out.append(stat_lines(server_report(ctx.stats, ctx.collection, now_ms(ctx.clock))))
     return DONE
 
 
-def dump_stats(ctx: ServerContext, request: Command, out: Out) -> int:
+def dump_stats(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     now = now_ms(ctx.clock)
     out.append(_queue_blocks(ctx, request, lambda n: dump_stats_lines(ctx.collection, n, now)))
     return DONE
 
 
-def dump_config(ctx: ServerContext, request: Command, out: Out) -> int:
+def dump_config(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     config = ctx.collection.config
     out.append(_queue_blocks(ctx, request, lambda n: dump_config_lines(config.queue_config(n))))
     return DONE
@@ -169,16 +181,16 @@ def _queue_blocks(
     return "".join(line + "\r\n" for line in lines).encode("latin-1") + END
 
 
-def shutdown(ctx: ServerContext, request: Command, out: Out) -> int:
+def shutdown(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     ctx.clock.callLater(0, ctx.shutdown)
     return CLOSE
 
 
-def quit_connection(ctx: ServerContext, request: Command, out: Out) -> int:
+def quit_connection(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     return CLOSE
 
 
-def reload(ctx: ServerContext, request: Command, out: Out) -> int:
+def reload(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     try:
         ctx.reload()
     except Exception as err:  # a bad file keeps the running config
@@ -188,13 +200,13 @@ def reload(ctx: ServerContext, request: Command, out: Out) -> int:
     return DONE
 
 
-def status(ctx: ServerContext, request: Command, out: Out) -> int:
+def status(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     if not request.args:
         out.append(ctx.status.upper().encode() + b"\r\n")
         return DONE
     wanted = request.args[0].decode("latin-1").lower()
     if wanted not in STATUSES:
-        out.append(error_line(ctx.settings, b"CLIENT_ERROR unknown status"))
+        out.append(error_line(settings, b"CLIENT_ERROR unknown status"))
         return CLOSE
     ctx.set_status(wanted)
     out.append(END)

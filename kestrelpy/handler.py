@@ -47,6 +47,19 @@ Resume = Callable[[list[Any], int], None]  # (reply parts, DONE or BLOCKED)
 class Session:
     """One connection's view of the server. Reactor thread only."""
 
+    __slots__ = (
+        "_clock",
+        "_collection",
+        "_ctx",
+        "_key_cache",
+        "_resume",
+        "_settings",
+        "_stats",
+        "_status",
+        "_wait",
+        "closed",
+        "open_reads",
+    )
     _log = Logger()
 
     def __init__(self, ctx: ServerContext, resume: Resume) -> None:
@@ -55,10 +68,11 @@ class Session:
         self._stats = ctx.stats
         self._settings = ctx.settings
         self._clock = ctx.clock
+        self._status = ctx.status_keeper  # read on every get and set: no property between
         self._resume = resume  # a blocked read's replies, when it ends or a monitor item
         self._key_cache: dict[bytes, GetOptions] = {}
         self.open_reads = OpenReads(ctx.clock)
-        self._wait = BlockedRead(ctx.deadlines, self._timed_out, self._queue_gone)
+        self._wait = BlockedRead(ctx.deadlines, self)
         self.closed = False
 
     def execute(self, request: Request, out: list[Any]) -> int:
@@ -89,7 +103,7 @@ class Session:
             if not request.noreply:
                 out.append(self._error(b"CLIENT_ERROR bad queue name"))
             return DONE
-        if refused(self._ctx, out, writes=True):
+        if refused(self._status.current, self._settings, self._stats, out, writes=True):
             return CLOSE
         flags = request.flags if self._settings.preserve_flags else 0
         now = now_ms(self._clock)
@@ -130,7 +144,7 @@ class Session:
             if not options.open:
                 out.append(END)
                 return DONE
-        if refused(self._ctx, out, writes=False):
+        if refused(self._status.current, self._settings, self._stats, out, writes=False):
             return CLOSE
         return self._fetch(request, options, out)
 
@@ -195,12 +209,13 @@ class Session:
         self._found(queue, item, waiter.mode, key, with_cas, out)
         self._resume(out, DONE)
 
-    def _timed_out(self, queue: Queue, was_monitor: bool) -> None:
+    def read_timed_out(self, queue: Queue, was_monitor: bool) -> None:
+        """The blocked read's time ran out: it ends with END."""
         if not was_monitor:  # a monitor batch just ends; its items stay open
             self._count_miss(queue)
         self._resume([END], DONE)
 
-    def _queue_gone(self) -> None:
+    def read_queue_deleted(self) -> None:
         """The queue this session waits on was deleted: the read ends empty."""
         self._resume([END], DONE)
 
@@ -219,7 +234,7 @@ class Session:
         if key_problem(args[0]) is not None or "/" in name:
             out.append(self._error(b"CLIENT_ERROR bad queue name"))
             return DONE
-        if refused(self._ctx, out, writes=False):
+        if refused(self._status.current, self._settings, self._stats, out, writes=False):
             return CLOSE
         if name in self._collection.aliases:
             out.append(END)
@@ -288,7 +303,7 @@ class Session:
         if command is None:
             out.append(self._error(b"ERROR"))
             return DONE
-        return command(self._ctx, request, out)
+        return command(self._ctx, self._settings, request, out)
 
     def _error(self, line: bytes) -> bytes:
         return error_line(self._settings, line)

@@ -35,19 +35,20 @@ class OpenReads:
         self._clock = clock
         self._by_name: dict[str, _OpenOnQueue] = {}
 
-    def on(self, name: str) -> deque[Item] | None:
-        """The items open on queue ``name`` (oldest first), if any."""
+    def count(self, name: str) -> int:
+        """How many items are open on queue ``name`` (asked on every get)."""
+        if name not in self._by_name:
+            return 0  # the common case, in one lookup
+        reads = self._live(name)
+        return len(reads.opened) if reads is not None else 0
+
+    def _live(self, name: str) -> _OpenOnQueue | None:
+        """The items open on queue ``name``, unless that queue was deleted meanwhile."""
         reads = self._by_name.get(name)
-        if reads is None:
-            return None
-        if reads.queue.deleted:
+        if reads is not None and reads.queue.deleted:
             del self._by_name[name]
             return None
-        return reads.opened
-
-    def count(self, name: str) -> int:
-        opened = self.on(name)
-        return len(opened) if opened else 0
+        return reads
 
     def add(self, queue: Queue, item: Item) -> None:
         """The connection now holds ``item`` open (until close, abort or disconnect)."""
@@ -60,14 +61,14 @@ class OpenReads:
 
     def close_oldest(self, name: str) -> None:
         """Confirm the oldest item open on ``name``: it is gone for good."""
-        if self.on(name):
-            reads = self._by_name[name]
+        reads = self._live(name)
+        if reads is not None and reads.opened:
             reads.queue.close_open(reads.opened.popleft())
 
     def abort_oldest(self, name: str) -> None:
         """Give the oldest item open on ``name`` back to the head of its queue."""
-        if self.on(name):
-            reads = self._by_name[name]
+        reads = self._live(name)
+        if reads is not None and reads.opened:
             reads.queue.abort_open(reads.opened.popleft(), now_ms(self._clock))
 
     def abort_all(self) -> None:

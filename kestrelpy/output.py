@@ -12,19 +12,28 @@ The order of calls against the :class:`~kestrelpy.commits.CommitGate` is the one
 documents: ``take_write_tickets()`` after every write, ``when_committed`` for each ticket,
 ``wait_also_for`` when a blocked reader gets an item while its own replies are held.
 
-Needs no transport: what is ready goes to ``send(bytes)``, and ``drained()`` is called
-whenever nothing is held any more, so it is tested with plain objects.
+Needs no transport: it talks to an :class:`OutputSink` (the connection), so it is tested
+with plain objects.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from kestrelpy.commits import CommitGate
 from kestrelpy.replies import COMMIT_FAILED, Durable
+
+
+class OutputSink(Protocol):
+    """Where ready output goes: the connection."""
+
+    def transmit(self, data: bytes) -> None:
+        """Put ``data`` on the wire (after everything transmitted before)."""
+
+    def output_drained(self) -> None:
+        """Nothing is held any more: all output so far has been transmitted."""
 
 
 class _Hold:
@@ -42,15 +51,12 @@ class _Hold:
 class CommitGatedOutput:
     """One connection's pending replies and the holds on them. Reactor thread only."""
 
-    __slots__ = ("_commits", "_drained", "_holds", "_send", "parts")
+    __slots__ = ("_commits", "_holds", "_sink", "parts")
 
-    def __init__(
-        self, commits: CommitGate, send: Callable[[bytes], None], drained: Callable[[], None]
-    ) -> None:
+    def __init__(self, commits: CommitGate, sink: OutputSink) -> None:
         self._commits = commits
-        self._send = send
-        self._drained = drained
-        self._holds: deque[_Hold] = deque()
+        self._sink = sink  # an object, not two bound methods: idle connections are many
+        self._holds: deque[_Hold] | None = None  # made on the first write (readers have none)
         self.parts: list[Any] = []  # appended to by the session; bytes or Durable
 
     @property
@@ -69,6 +75,8 @@ class CommitGatedOutput:
         if not tickets:
             return  # nothing staged or committing: the write is already as durable as it gets
         holds = self._holds
+        if holds is None:
+            holds = self._holds = deque()
         last = holds[-1] if holds else None
         if last is not None and last.tickets == tickets and last.waiting == len(tickets):
             last.end = len(self.parts)  # the same commits are still ahead: wait with it
@@ -87,7 +95,7 @@ class CommitGatedOutput:
         """After a run of requests: send the output now, unless it waits behind commits."""
         if not self._holds:
             self._release(len(self.parts), True)
-            self._drained()
+            self._sink.output_drained()
 
     def add_from_reader(self, replies: list[Any]) -> None:
         """A blocked read's replies (its item, or END) join the output.
@@ -105,6 +113,7 @@ class CommitGatedOutput:
         hold.waiting -= 1
         hold.ok = hold.ok and ok
         holds = self._holds
+        assert holds is not None
         while holds and not holds[0].waiting:
             done = holds.popleft()
             end = done.end if holds else len(self.parts)
@@ -112,7 +121,7 @@ class CommitGatedOutput:
             for later in holds:
                 later.end -= end
         if not holds:
-            self._drained()
+            self._sink.output_drained()
 
     def _release(self, end: int, ok: bool) -> None:
         """Send ``parts[:end]``, markers resolved by ``ok``, as one write."""
@@ -130,4 +139,4 @@ class CommitGatedOutput:
                 if type(part) is Durable:
                     ready[index] = part.ok if ok else COMMIT_FAILED
             data = b"".join(ready)
-        self._send(data)
+        self._sink.transmit(data)

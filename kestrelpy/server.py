@@ -27,7 +27,6 @@ read its replies (requests are not run then either, so replies stop piling up).
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -80,8 +79,8 @@ class MemcacheConnection(TwistedProtocol):
             bare_errors=settings.bare_error_lines,
         )
         self._session = Session(ctx, self._resumed)
-        self._output = CommitGatedOutput(commits, self._transmit, self._close_if_closing)
-        self._backlog: deque[Request] = deque()
+        self._output = CommitGatedOutput(commits, self)
+        self._backlog: list[Request] = []  # not a deque: idle connections are many
         self.state = RUNNING
         self._paused_by = 0  # BACKLOG | OUTPUT
         self._idle_timer: Any = None  # IDelayedCall when client_timeout is set
@@ -172,19 +171,19 @@ class MemcacheConnection(TwistedProtocol):
         if self.state is not RUNNING or self._paused_by & OUTPUT:
             return
         backlog = self._backlog
-        self._backlog = deque()
+        self._backlog = []
         self._run(backlog)
         if self._paused_by == BACKLOG and self.state is not WAITING:
             self._resume_reading(BACKLOG)
 
-    def _transmit(self, data: bytes) -> None:
+    def transmit(self, data: bytes) -> None:
         """Ready output (from the commit-gated output) goes on the wire."""
         if self.state is GONE:
             return
         self._ctx.stats.bytes_written += len(data)
         write_promptly(self.transport, data)
 
-    def _close_if_closing(self) -> None:
+    def output_drained(self) -> None:
         """All output is sent: a connection that asked to close (quit, bad input) goes."""
         if self.state is CLOSING:
             self.transport.loseConnection()

@@ -15,17 +15,19 @@ NOW = 1_700_000_000_000
 
 
 class Reports:
+    """A ReadOwner that records how each wait ended."""
+
     def __init__(self, h: Harness) -> None:
         self.events: list[tuple[str, Any]] = []
-        self.wait = BlockedRead(h.ctx.deadlines, self.timed_out, self.gone)
+        self.wait = BlockedRead(h.ctx.deadlines, self)
 
     def item(self, item: Item) -> None:
         self.events.append(("item", item.data))
 
-    def timed_out(self, queue: Any, was_monitor: bool) -> None:
+    def read_timed_out(self, queue: Any, was_monitor: bool) -> None:
         self.events.append(("timeout", (queue.name, was_monitor)))
 
-    def gone(self) -> None:
+    def read_queue_deleted(self) -> None:
         self.events.append(("gone", None))
 
 

@@ -333,6 +333,20 @@ def test_bad_reload_keeps_the_old_config(kp: MakeHarness) -> None:
     )
 
 
+def test_reloaded_server_settings_apply_to_new_connections_only(kp: MakeHarness) -> None:
+    # A connection keeps the [server] rules it opened with, for every command alike.
+    h = kp()
+    old, other = h.connect(), h.connect()
+    h.config_path.write_text(conf("connection_limit_refuse_writes = 1\n"), encoding="utf-8")
+    assert old.ask(b"reload\r\n") == b"Reloaded config.\r\n"
+    assert old.ask(set_req(b"q", b"x") + b"delete q\r\nflush_all\r\n") == (
+        b"STORED\r\nDELETED\r\nFlushed all queues.\r\n"
+    )
+    fresh = h.connect()
+    assert fresh.ask(b"delete q\r\n") == b"SERVER_ERROR too many connections\r\n"
+    assert other.ask(b"flush q\r\n") == b"END\r\n"
+
+
 # ------------------------------------------------------------------------ session end
 
 

@@ -39,20 +39,22 @@ class RecordingGate:
 
 
 class Wire:
+    """An OutputSink that records what was transmitted and how often all was sent."""
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.drained = 0
 
-    def send(self, data: bytes) -> None:
+    def transmit(self, data: bytes) -> None:
         self.sent.append(data)
 
-    def drain(self) -> None:
+    def output_drained(self) -> None:
         self.drained += 1
 
 
 def make() -> tuple[CommitGatedOutput, RecordingGate, Wire]:
     gate, wire = RecordingGate(), Wire()
-    return CommitGatedOutput(gate, wire.send, wire.drain), gate, wire
+    return CommitGatedOutput(gate, wire), gate, wire
 
 
 def test_plain_replies_go_out_at_once_in_one_write() -> None:
