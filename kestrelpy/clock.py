@@ -26,3 +26,8 @@ def now_ms(clock: ReactorClock) -> int:
     Rounded, not truncated, so a test clock moved by ``0.001`` moves this by exactly 1.
     """
     return round(clock.seconds() * 1000)
+
+
+def now_s(clock: ReactorClock) -> int:
+    """Whole unix seconds: queue create times and the ``time`` stat (as Kestrel's)."""
+    return int(clock.seconds())

@@ -11,6 +11,7 @@ from typing import TypeAlias
 
 Payload: TypeAlias = bytes | bytearray
 
-# Payloads of this many bytes and more are handled apart: they commit in a lane of their own
-# (storage) and a queue keeps one in memory only when it is next in line (read-ahead window).
+# Big payloads are handled apart: from this size on they commit in a lane of their own
+# (commits), and above it a queue keeps one in memory only when it is next in line
+# (read-ahead window). The boundary item (exactly 64 KiB) is large only for the lane.
 LARGE_ITEM = 64 * 1024

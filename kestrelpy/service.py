@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from kestrelpy import __version__
-from kestrelpy.clock import ReactorClock, now_ms
+from kestrelpy.clock import ReactorClock, now_ms, now_s
 from kestrelpy.config import STATUSES, Config, ServerConfig, load_config
 from kestrelpy.queues.collection import QueueCollection
 from kestrelpy.queues.deadlines import Deadlines
@@ -119,7 +119,7 @@ class KestrelService(MultiService):
         self.store = Store(
             server.data_dir, reactor, sync=server.sync, sync_interval_ms=server.sync_interval_ms
         )
-        self.stats = ServerStats(started_s=reactor.seconds())
+        self.stats = ServerStats(started_s=now_s(reactor))
         self.collection = QueueCollection(self.store, config, self.stats, reactor)
         status_file = server.status_file or server.data_dir / ".status"
         self.status = StatusKeeper(

@@ -153,5 +153,5 @@ class Store:
         self._closed = True
 
     def store_bytes(self) -> int:
-        """Bytes the store's pages occupy (``logsize`` in stats)."""
+        """Bytes the store's pages occupy in its data file (for the metrics of the store size)."""
         return self._storage.store_bytes()

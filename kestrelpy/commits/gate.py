@@ -36,10 +36,12 @@ class CommitGate(Protocol):
     Guarantees:
 
     * A listener is called exactly once, on the reactor thread, never from inside
-      ``when_committed``. ``ok`` is True only after the storage's commit of its batch has
-      returned (under ``sync = "always"``, fsynced too): its writes are in the store. On
-      False none of its puts are (the rollback handler has been told which), and its
-      removals ride the next batch.
+      ``when_committed`` (once the store is closed at shutdown nothing commits any more:
+      a listener registered after that is never called, and its reply never sent).
+      ``ok`` is True only after the storage's commit of its batch has returned (under
+      ``sync = "always"``, fsynced too): its writes are in the store. On False none of
+      its puts are (the rollback handler has been told which), and its removals ride the
+      next batch.
     * Listeners are called in commit order per lane: in registration order within a
       batch, and batch after batch in ticket order.
     * A reply to a write follows the commit of every removal answered before it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from kestrelpy.clock import ReactorClock
+from kestrelpy.clock import ReactorClock, now_s
 from kestrelpy.config import Config
 from kestrelpy.payload import Payload
 from kestrelpy.queues.expiry import expiry_ms
@@ -68,9 +68,9 @@ class QueueCollection:
     def get_or_create(self, name: str) -> Queue:
         queue = self._queues.get(name)
         if queue is None:
-            now_s = int(self._clock.seconds())
-            queue_id = self._store.create_queue(name, now_s)
-            queue = self._new_queue(name, queue_id, now_s)
+            created = now_s(self._clock)
+            queue_id = self._store.create_queue(name, created)
+            queue = self._new_queue(name, queue_id, created)
             self._register(queue)
             self._stats.queue_creates += 1
         return queue

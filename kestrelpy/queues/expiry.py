@@ -5,7 +5,7 @@ Times are unix milliseconds, and an expiry of 0 means never.
 
 from __future__ import annotations
 
-from kestrelpy.storage.lmdb_store import StoredItem as Item
+from kestrelpy.storage.layout import StoredItem as Item
 
 _RELATIVE_EXPIRY_LIMIT_S = 1_000_000  # Kestrel: below this an exptime is relative seconds
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from kestrelpy.payload import Payload
-from kestrelpy.storage.lmdb_store import QueueRecord, StoredItem
+from kestrelpy.storage.layout import QueueRecord, StoredItem
 
 # A commit failed: the (queue id, item id, payload size) of each put it lost.
 RollbackHandler = Callable[[list[tuple[int, int, int]]], None]

@@ -24,7 +24,7 @@ from kestrelpy.queues.item_store import ItemStore
 from kestrelpy.queues.leases import GiveBack, Leases
 from kestrelpy.queues.waiters import OPEN, PEEK, TAKE, Waiter, WaiterLine
 from kestrelpy.queues.window import ReadAheadWindow
-from kestrelpy.storage.lmdb_store import StoredItem
+from kestrelpy.storage.layout import StoredItem
 
 __all__ = ["OPEN", "PEEK", "TAKE", "ExpiryHandler", "Item", "Queue", "Waiter"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from kestrelpy.storage.lmdb_store import StoredItem as Item
+from kestrelpy.storage.layout import StoredItem as Item
 
 TAKE, OPEN, PEEK = 0, 1, 2  # what a blocked reader wants: the item, an open read, a look
 _COMPACT_SLACK = 64

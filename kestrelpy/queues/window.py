@@ -15,7 +15,7 @@ from collections import deque
 
 from kestrelpy.payload import LARGE_ITEM
 from kestrelpy.queues.item_store import ItemStore
-from kestrelpy.storage.lmdb_store import StoredItem as Item
+from kestrelpy.storage.layout import StoredItem as Item
 
 _REFILL_BYTES = 1024 * 1024  # one refill reads this much payload (at least one item)
 
@@ -92,7 +92,7 @@ class ReadAheadWindow:
                 len(cache) < self._max_items
                 and budget.used + size <= budget.limit
                 and self.mem_bytes + size <= self.max_bytes
-                and (size < LARGE_ITEM or not cache)
+                and (size <= LARGE_ITEM or not cache)  # large here means above it
             ):
                 cache.append(item)
                 self.mem_bytes += size

@@ -155,7 +155,7 @@ class LmdbStorage:
         return found
 
     def store_bytes(self) -> int:
-        """Bytes the store's pages occupy (``logsize`` in stats)."""
+        """Bytes the store's pages occupy in its data file (for the metrics of the store size)."""
         info = self._env.info()
         stat = self._env.stat()
         return int((info["last_pgno"] + 1) * stat["psize"])

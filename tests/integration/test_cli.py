@@ -19,6 +19,7 @@ from .conftest import (
     is_our_version,
     kestrelpy_command,
     run_kestrelpy,
+    serve_argv,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,7 +30,8 @@ def run_cli(argv, *args):
 
 
 def serve_args(data_dir, *extra):
-    return ["serve", "--host", HOST, "--port", "0", "--data-dir", data_dir, *extra]
+    """``serve`` and its arguments, as every server the tests start gets them."""
+    return serve_argv((), data_dir, extra_args=[str(arg) for arg in extra])
 
 
 @pytest.mark.parametrize("use_module", [False, True], ids=["script", "python-m"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import HOST, ServerFactory, run_kestrelpy
+from .conftest import ServerFactory, run_kestrelpy, serve_argv
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -36,10 +36,7 @@ IDS = [f"{section} {key}" for _, section, key in BAD_CONFIGS]
 
 
 def run_serve(config_path, data_dir):
-    return run_kestrelpy(
-        "serve", "--host", HOST, "--port", "0",
-        "--data-dir", data_dir, "--config", config_path,
-    )  # fmt: skip
+    return run_kestrelpy(*serve_argv((), data_dir, config_path))
 
 
 def one_error_line(text: str) -> str:

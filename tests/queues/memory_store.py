@@ -15,7 +15,7 @@ from kestrelpy.payload import Payload
 from kestrelpy.queues.item_store import RollbackHandler
 from kestrelpy.queues.queue import Queue
 from kestrelpy.queues.window import CacheBudget, ReadAheadWindow
-from kestrelpy.storage.lmdb_store import QueueRecord, StoredItem
+from kestrelpy.storage.layout import QueueRecord, StoredItem
 
 
 class MemoryStore:

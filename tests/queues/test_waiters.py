@@ -6,7 +6,7 @@ from memory_store import MemoryStore, new_queue
 
 from kestrelpy.queues.queue import Queue
 from kestrelpy.queues.waiters import OPEN, PEEK, TAKE, Waiter, WaiterLine
-from kestrelpy.storage.lmdb_store import StoredItem
+from kestrelpy.storage.layout import StoredItem
 
 ITEM = StoredItem(0, 0, 0, 0, b"x")
 NOW = 1_700_000_000_000

@@ -6,7 +6,7 @@ from memory_store import MemoryStore
 
 from kestrelpy.payload import LARGE_ITEM
 from kestrelpy.queues.window import CacheBudget, ReadAheadWindow
-from kestrelpy.storage.lmdb_store import StoredItem
+from kestrelpy.storage.layout import StoredItem
 
 QID = 7
 
@@ -105,15 +105,15 @@ def test_a_large_item_waits_in_memory_only_when_next_in_line() -> None:
     store = MemoryStore()
     window = new_window(store, max_items=10)
     put(window, store, b"small")
-    put(window, store, b"L" * LARGE_ITEM)
+    put(window, store, b"L" * (LARGE_ITEM + 1))
     assert len(window) == 1  # the large one waits on disk behind the small one
     assert window.pop() is not None
     large = window.pop()
-    assert large is not None and len(large.data) == LARGE_ITEM
+    assert large is not None and len(large.data) == LARGE_ITEM + 1
 
-    put(window, store, b"L" * LARGE_ITEM)  # nothing ahead of it: kept in memory
+    put(window, store, b"L" * (LARGE_ITEM + 1))  # nothing ahead of it: kept in memory
     assert len(window) == 1
-    put(window, store, b"L" * (LARGE_ITEM - 1))  # below the threshold: small
+    put(window, store, b"L" * LARGE_ITEM)  # not above the threshold: small
     assert len(window) == 2
 
 

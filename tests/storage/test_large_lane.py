@@ -34,6 +34,23 @@ def items_on_disk(store: Store, name: str) -> int:
     return record.items
 
 
+def test_a_large_put_through_the_store_gets_a_ticket_of_its_own(
+    open_store: Callable[..., Store],
+) -> None:
+    # The wiring Store.put -> the large lane -> the caller's tickets, on the real store
+    # (tests/commits checks the scheduler's side of it on a fake storage).
+    store = open_store()
+    qid = store.create_queue("q", 0)
+    store.put(qid, 0, 0, 0, 0, SMALL)
+    small_only = store.take_write_tickets()
+    store.put(qid, 1, 0, 0, 0, big(1))
+    with_large = store.take_write_tickets()
+    assert len(small_only) == 1
+    assert len(with_large) == 2 and with_large[0] == small_only[0]
+    assert with_large[1] != with_large[0]
+    assert store.take_write_tickets() == small_only  # taking resets what was written
+
+
 def test_a_small_write_does_not_wait_behind_a_large_backlog(
     open_store: Callable[..., Store], clock: ThreadClock
 ) -> None:
