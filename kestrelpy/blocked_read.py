@@ -81,8 +81,9 @@ class BlockedRead:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self.queue is not None and self.waiter is not None:
-            self.queue.remove_waiter(self.waiter)  # a no-op for a waiter already served
+        waiter = self.waiter
+        if waiter is not None and waiter.active and self.queue is not None:
+            self.queue.remove_waiter(waiter)  # not served (timeout, disconnect): leave the line
         self.waiter = None
         self.queue = None
         self.monitor_left = 0

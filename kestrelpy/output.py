@@ -98,15 +98,19 @@ class CommitGatedOutput:
             self._sink.output_drained()
 
     def add_from_reader(self, replies: list[Any]) -> None:
-        """A blocked read's replies (its item, or END) join the output.
+        """A blocked read's replies (its item, or END) join the output, and settle.
 
         If replies ahead of them wait for commits, whoever handed this reader an item must
         not be told STORED before those commits either (else a crash in between loses an
         acknowledged item): the gate makes the next writer wait for them too.
         """
         self.parts.extend(replies)
-        if self._holds:
-            self._commits.wait_also_for(t for hold in self._holds for t in hold.tickets)
+        holds = self._holds
+        if holds:
+            self._commits.wait_also_for(t for hold in holds for t in hold.tickets)
+        else:
+            self._release(len(self.parts), True)
+            self._sink.output_drained()
 
     def _committed(self, hold: _Hold, ok: bool) -> None:
         """A commit ``hold`` waits for has ended: send what no longer waits for anything."""

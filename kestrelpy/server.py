@@ -159,13 +159,12 @@ class MemcacheConnection(TwistedProtocol):
     def _resumed(self, replies: list[Any], code: int) -> None:
         """A blocked read sent something; ``code`` DONE means it ended (item, timeout or
         queue deleted) and the pipeline continues, BLOCKED that it goes on (monitor)."""
-        self._output.add_from_reader(replies)
         if code != BLOCKED and self.state is WAITING:
             self.state = RUNNING
             if self._backlog:
                 # Not from inside the put that woke us: run the rest on a fresh stack.
                 self._ctx.clock.callLater(0, self._drain_backlog)
-        self._output.settle()
+        self._output.add_from_reader(replies)  # sent now unless held behind commits
 
     def _drain_backlog(self) -> None:
         if self.state is not RUNNING or self._paused_by & OUTPUT:

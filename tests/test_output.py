@@ -132,15 +132,17 @@ def test_no_tickets_means_nothing_to_wait_for() -> None:
 
 
 def test_a_reader_behind_held_output_makes_the_writer_wait_too() -> None:
-    output, gate, _wire = make()
+    output, gate, wire = make()
     gate.next_tickets = (4, 5)
     output.parts.append(STORED_DURABLE)
     output.after_write()
     output.add_from_reader([b"VALUE q 0 1\r\nx\r\nEND\r\n"])
     assert gate.waited_also == [4, 5]
-    idle, idle_gate, _idle_wire = make()
+    assert wire.sent == []  # held behind the write's commit
+    idle, idle_gate, idle_wire = make()
     idle.add_from_reader([b"END\r\n"])
     assert idle_gate.waited_also == []  # nothing held: nobody needs to wait
+    assert idle_wire.sent == [b"END\r\n"] and idle_wire.drained == 1  # and it goes at once
 
 
 def test_send_ready_sends_only_when_nothing_is_held() -> None:
