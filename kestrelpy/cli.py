@@ -1,4 +1,4 @@
-"""``kestrelpy`` command line: ``serve``, ``stats``, ``dump-store``.
+"""``kestrelpy`` command line: ``serve``, ``stats``, ``top``, ``dump-store``.
 
 The only module that imports the global reactor. A user error prints one line on stderr
 and exits 2, never a traceback.
@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, help="store directory (default ./data)")
     serve.add_argument("--config", type=Path, help="server.conf (TOML)")
     serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help='HTTP listener: metrics, admin API, dashboard (default 127.0.0.1:2223; "" = off)',
+    )
+    serve.add_argument(
         "--reactor",
         choices=("epoll", "twisted-epoll", "asyncio", "uvloop"),
         default="epoll",
@@ -63,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--server", default="127.0.0.1:22133", help="host:port")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     stats.set_defaults(run=cmd_stats)
+
+    top = commands.add_parser("top", help="a live view of a running server's queues")
+    top.add_argument("--server", default="127.0.0.1:22133", help="host:port (memcache)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.set_defaults(run=cmd_top)
 
     dump = commands.add_parser("dump-store", help="list queues in a store, offline, read-only")
     dump.add_argument("--data-dir", type=Path, required=True)
@@ -90,15 +100,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.port is not None and not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0..65535")
-    config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
-    _check_data_dir(config.server.data_dir)
-    predicate: Any = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-    stderr_observer: Any = textFileLogObserver(sys.stderr)
-    observer: Any = FilteringLogObserver(stderr_observer, [predicate])
-    globalLogBeginner.beginLoggingTo(
-        [observer],
-        redirectStandardIO=False,
+    config = load_config(
+        args.config, host=args.host, port=args.port, data_dir=args.data_dir, http=args.http
     )
+    _check_data_dir(config.server.data_dir)
     keep_freed_memory()
     reactor: Any = global_reactor
     service = make_service(config, reactor)
@@ -106,10 +111,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service.startService()
     except CannotListenError as err:
         service.store.close()
-        raise UsageError(
-            f"cannot listen on {config.server.listen_address}:{config.server.memcache_port}: "
-            f"{err.socketError}"
-        ) from err
+        raise UsageError(f"cannot listen on {err.interface}:{err.port}: {err.socketError}") from err
+    # Only now: until both listeners are bound, log lines wait in Twisted's buffer, so a
+    # busy port (memcache or HTTP) is one line on stderr and nothing else.
+    predicate: Any = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    stderr_observer: Any = textFileLogObserver(sys.stderr)
+    observer: Any = FilteringLogObserver(stderr_observer, [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.callWhenRunning(_stop_on_signals, reactor)
     reactor.run()
@@ -174,6 +182,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from kestrelpy.admin import print_stats
 
     return print_stats(args.server, as_json=args.json)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from kestrelpy.top import run_top
+
+    return run_top(args.server, interval_s=args.interval)
 
 
 def cmd_dump_store(args: argparse.Namespace) -> int:

@@ -92,7 +92,10 @@ class ServerConfig:
     status_change_grace_period: int = 0  # ms before a tightening status is enforced
     connection_limit_refuse_writes: int = 0  # 0 = off
     connection_limit_refuse_reads: int = 0  # 0 = off
-    http: str = ""  # "host:port" for metrics; "" = off
+    http: str = "127.0.0.1:2223"  # HTTP listener (metrics, admin, dashboard); "" = off
+    admin_token: str = ""  # Bearer token of the HTTP mutating endpoints; "" = they are refused
+    http_peers: tuple[str, ...] = ()  # other servers' "host:port" HTTP, shown by the dashboard
+    metrics_queue_series_limit: int = 1000  # above this many queues, no per-queue series
     honor_noreply: bool = True  # compatibility switches, docs/protocol.md §1-§7
     echo_requested_key: bool = True
     gets_cas: bool = True
@@ -307,6 +310,21 @@ def _http_address(value: object) -> str:
     raise _expected('"host:port" or "" (off)', value)
 
 
+def _token(value: object) -> str:
+    """Any string without whitespace (it travels in an HTTP header); "" for none."""
+    if isinstance(value, str) and not any(char.isspace() for char in value):
+        return value
+    raise _expected('a token without spaces, or "" (none)', value)
+
+
+def _peers(value: object) -> tuple[str, ...]:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        peers = tuple(_http_address(item) for item in value)
+        if "" not in peers:
+            return peers
+    raise _expected('a list of "host:port"', value)
+
+
 def _path(value: object) -> Path:
     if isinstance(value, str) and value:
         return Path(value)
@@ -367,6 +385,9 @@ _SERVER_KEYS: Final[Mapping[str, Converter]] = MappingProxyType(
         "connection_limit_refuse_writes": _count(),
         "connection_limit_refuse_reads": _count(),
         "http": _http_address,
+        "admin_token": _token,
+        "http_peers": _peers,
+        "metrics_queue_series_limit": _count(),
         "honor_noreply": _flag,
         "echo_requested_key": _flag,
         "gets_cas": _flag,
@@ -511,6 +532,7 @@ def load_config(
     host: str | None = None,
     port: int | None = None,
     data_dir: Path | None = None,
+    http: str | None = None,
 ) -> Config:
     """Load ``path`` (or the built-in defaults when ``None``); CLI overrides win over the file.
 
@@ -534,7 +556,7 @@ def load_config(
     }
     base = Path.cwd() if path is None else path.absolute().parent
     return Config(
-        server=_finish_server(server, base, host=host, port=port, data_dir=data_dir),
+        server=_finish_server(server, base, host=host, port=port, data_dir=data_dir, http=http),
         defaults=_overlay(QUEUE_DEFAULTS, defaults),
         queue_overrides=MappingProxyType(overrides),
         aliases=MappingProxyType(aliases),
@@ -646,6 +668,7 @@ def _finish_server(
     host: str | None,
     port: int | None,
     data_dir: Path | None,
+    http: str | None = None,
 ) -> ServerConfig:
     """Apply CLI overrides and make paths absolute, so later code never sees a relative one."""
     data = Path.cwd() / data_dir if data_dir is not None else base / server.data_dir
@@ -654,6 +677,7 @@ def _finish_server(
         server,
         listen_address=server.listen_address if host is None else _cli("--host", _host, host),
         memcache_port=server.memcache_port if port is None else _cli("--port", _port, port),
+        http=server.http if http is None else _cli("--http", _http_address, http),
         data_dir=data,
         status_file=status,
     )

@@ -21,6 +21,8 @@ from twisted.logger import Logger
 from kestrelpy import __version__
 from kestrelpy.clock import ReactorClock, now_ms, now_s
 from kestrelpy.config import STATUSES, Config, ServerConfig, load_config
+from kestrelpy.http.app import HttpApp
+from kestrelpy.http.site import make_site
 from kestrelpy.queues.collection import QueueCollection
 from kestrelpy.queues.deadlines import Deadlines
 from kestrelpy.server import MemcacheFactory
@@ -135,6 +137,8 @@ class KestrelService(MultiService):
             reload=self.reload,
         )
         self.port: Any = None  # IListeningPort once started
+        self.http_port: Any = None  # the HTTP listener's, when [server] http is set
+        self._metrics: Any = None  # MetricsExporter, made at the first scrape
         self._expiry: LoopingCall | None = None
         for warning in config.warnings:
             self._log.warn("{warning}", warning=warning)
@@ -158,6 +162,8 @@ class KestrelService(MultiService):
             data_dir=str(server.data_dir),
             sync=server.sync,
         )
+        if server.http:
+            self._listen_http(server.http)
         frequency = server.expiration_timer_frequency
         if frequency:
             self._expiry = LoopingCall(self._sweep)
@@ -165,9 +171,32 @@ class KestrelService(MultiService):
             self._expiry.start(frequency / 1000.0, now=False)
         super().startService()  # type: ignore[no-untyped-call]
 
+    def _listen_http(self, address: str) -> None:
+        """The HTTP listener (metrics, admin API, dashboard); raises CannotListenError."""
+        host, _, port = address.rpartition(":")
+        app = HttpApp(self.ctx, self.store, self._render_metrics, self._ready)
+        self.http_port = self._reactor.listenTCP(int(port), make_site(app), interface=host)
+        bound = self.http_port.getHost()
+        self._log.info("http listening on {host}:{port}", host=bound.host, port=bound.port)
+
+    def _render_metrics(self) -> bytes:
+        """/metrics; the registry is built at the first scrape (none if nobody scrapes)."""
+        if self._metrics is None:
+            from kestrelpy.metrics import MetricsExporter
+
+            self._metrics = MetricsExporter(self.ctx, self.store)
+        rendered: bytes = self._metrics.render()
+        return rendered
+
+    def _ready(self) -> bool:
+        """The store is open: the service runs (stopService closes the store)."""
+        return bool(self.running)
+
     def stopService(self) -> Any:
         """Stop accepting, commit everything staged, and close the store."""
         super().stopService()  # type: ignore[no-untyped-call]
+        if self.http_port is not None:
+            self.http_port.stopListening()
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
         deferred = self.port.stopListening() if self.port is not None else None
@@ -186,6 +215,7 @@ class KestrelService(MultiService):
             host=server.listen_address,
             port=server.memcache_port,
             data_dir=server.data_dir,
+            http=server.http,
         )
         self.config = fresh
         self.collection.reconfigure(fresh)

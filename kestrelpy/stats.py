@@ -56,10 +56,11 @@ class ServerStats:
 
 def server_report(stats: ServerStats, collection: QueueCollection, now_ms: int) -> StatPairs:
     """The ``stats`` command: server counters, then every queue's and alias's."""
-    return _server_pairs(stats, collection, now_ms) + _queues_pairs(collection, now_ms)
+    return server_pairs(stats, collection, now_ms) + _queues_pairs(collection, now_ms)
 
 
-def _server_pairs(stats: ServerStats, collection: QueueCollection, now_ms: int) -> StatPairs:
+def server_pairs(stats: ServerStats, collection: QueueCollection, now_ms: int) -> StatPairs:
+    """The server's own counters (``stats`` without the queue lines)."""
     queues = collection.queues()
     now_s = now_ms // 1000
     return [

@@ -46,6 +46,7 @@ MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 # kestrelpy and the fake Kestrel announce their memcache listener with this. Other
 # listeners (an HTTP metrics one, say) may log a similar line; they name themselves.
 LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+HTTP_LISTENING = re.compile(rb"http listening on 127\.0\.0\.1:(\d+)")  # kestrelpy's HTTP
 _OTHER_LISTENER = re.compile(rb"(?i)\b(http|metrics|admin|dashboard)\b")
 
 
@@ -95,9 +96,15 @@ def serve_argv(
     data_dir: Path,
     config: Path | None = None,
     extra_args: Sequence[str] = (),
+    http: str = "",
 ) -> list[str]:
-    """``kestrelpy serve`` on 127.0.0.1, port 0; ``command`` runs the CLI (script or -m)."""
+    """``kestrelpy serve`` on 127.0.0.1, port 0; ``command`` runs the CLI (script or -m).
+
+    ``http``: its HTTP listener, off unless asked for (``127.0.0.1:0`` for any free port),
+    so no test or bench server ever takes the default HTTP port.
+    """
     argv = [*command, "serve", "--host", HOST, "--port", "0", "--data-dir", str(data_dir)]
+    argv += ["--http", http]
     if config is not None:
         argv += ["--config", str(config)]
     return [*argv, *extra_args]
@@ -177,6 +184,8 @@ class Server:
         self._run_from = 0  # index in _stderr of this run's first line
         self._threads: list[threading.Thread] = []
         self._settled = threading.Event()  # the listening line arrived, or stderr ended
+        self.http_port: int | None = None  # kestrelpy's HTTP listener, when it has one
+        self._http_settled = threading.Event()  # its line arrived, or stderr ended
 
     # -- state -------------------------------------------------------------------------------
 
@@ -196,6 +205,13 @@ class Server:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def http_url(self, timeout: float = START_TIMEOUT_S) -> str:
+        """``http://127.0.0.1:PORT`` of kestrelpy's HTTP listener (started with it on)."""
+        self._http_settled.wait(timeout)
+        if self.http_port is None:
+            raise ServerError(f"{self.name} announced no HTTP listener", self._tail())
+        return f"http://{HOST}:{self.http_port}"
+
     def _started(self) -> subprocess.Popen[bytes]:
         if self._proc is None:
             raise ServerError(f"{self.name} was never started")
@@ -213,6 +229,8 @@ class Server:
         self.starts += 1
         self.port = self._given_port
         self._settled = threading.Event()
+        self.http_port = None
+        self._http_settled = threading.Event()
         with self._lock:
             self._stderr.append(f"---- start #{self.starts}: {' '.join(self.argv)}\n".encode())
             self._run_from = len(self._stderr)
@@ -319,7 +337,11 @@ class Server:
             if self.port is None and (port := listening_port(line)) is not None:
                 self.port = port
                 self._settled.set()
+            elif self.http_port is None and (match := HTTP_LISTENING.search(line)) is not None:
+                self.http_port = int(match.group(1))
+                self._http_settled.set()
         self._settled.set()  # EOF: the process is gone (or going); start() tells which
+        self._http_settled.set()
 
     def _drain_stdout(self, pipe: IO[bytes]) -> None:
         for line in iter(pipe.readline, b""):

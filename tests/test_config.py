@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import textwrap
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str | Path):
         return f'"{value}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     return str(value)
 
 
@@ -651,3 +654,35 @@ def test_dump_config_lines() -> None:
         "max_memory_size=134217728",
         "enable_trace=true",
     ]
+
+
+def test_http_keys(tmp_path: Path) -> None:
+    path = write_conf(
+        tmp_path,
+        '[server]\nhttp = ""\nadmin_token = "abc"\nhttp_peers = ["10.0.0.2:2223"]\n'
+        "metrics_queue_series_limit = 5\n",
+    )
+    server = load_config(path).server
+    assert (server.http, server.admin_token, server.http_peers) == ("", "abc", ("10.0.0.2:2223",))
+    assert server.metrics_queue_series_limit == 5
+    assert load_config(path, http="127.0.0.1:0").server.http == "127.0.0.1:0"
+    assert SERVER_DEFAULTS.http == "127.0.0.1:2223"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('admin_token = "a b"', "a token without spaces"),
+        ('http_peers = "host:1"', 'a list of "host:port"'),
+        ('http_peers = ["nohost"]', '"host:port"'),
+        ('http_peers = [""]', 'a list of "host:port"'),
+    ],
+)
+def test_bad_http_keys(tmp_path: Path, line: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write_conf(tmp_path, f"[server]\n{line}\n"))
+
+
+def test_bad_http_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--http"):
+        load_config(None, http="nope")

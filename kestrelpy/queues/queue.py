@@ -144,6 +144,12 @@ class Queue(QueueCounters):
         """Kestrel 2.4.7: a transactional read first aborts the oldest expired open item."""
         self._leases.expire(now_ms)
 
+    def peek_many(self, count: int, now_ms: int) -> list[Item]:
+        """Up to ``count`` waiting items from the head, left in place, none expired."""
+        self.expire_sweep(now_ms, _UNLIMITED)
+        max_age = self.config.max_age
+        return [i for i in self._window.peek(count) if not is_expired(i, max_age, now_ms)]
+
     def peek(self, now_ms: int) -> Item | None:
         """The head, left in place (expired items before it go)."""
         self.expire_sweep(now_ms, _UNLIMITED)

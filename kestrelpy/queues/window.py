@@ -11,6 +11,7 @@ refill (O(window)), ``drop_all`` and ``forget_items``.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
 from kestrelpy.payload import LARGE_ITEM
@@ -114,6 +115,21 @@ class ReadAheadWindow:
         if not cache and (self._disk_from is None or not self._refill()):
             return None
         return cache[0]
+
+    def peek(self, count: int) -> list[Item]:
+        """Up to ``count`` of the oldest waiting items, left in place (the admin API's peek).
+
+        Those beyond memory are read from the store and not kept: a look at a backlog
+        must not fill the window.
+        """
+        found = list(itertools.islice(self._cache, count))
+        disk_from = self._disk_from
+        if len(found) < count and disk_from is not None:
+            more = count - len(found)
+            found += self._store.read_items(
+                self._queue_id, disk_from, self.next_id, more, _REFILL_BYTES
+            )[:more]
+        return found
 
     def pop(self) -> Item | None:
         """The oldest waiting item, out of the window; None when none waits."""

@@ -112,6 +112,7 @@ class ServerProcess(Server):
         config_path: Path | None = None,
         use_module: bool = False,
         extra_args: tuple[str, ...] = (),
+        http: bool = False,
     ) -> None:
         data_dir = Path(data_dir)
         self.config_path: Path | None = None
@@ -119,7 +120,11 @@ class ServerProcess(Server):
             self.config_path = config_path or data_dir.parent / (data_dir.name + "-server.conf")
             self.config_path.write_text(config_text)
         argv = serve_argv(
-            kestrelpy_command(use_module=use_module), data_dir, self.config_path, extra_args
+            kestrelpy_command(use_module=use_module),
+            data_dir,
+            self.config_path,
+            extra_args,
+            http="127.0.0.1:0" if http else "",  # never the default port
         )
         super().__init__(argv, name="kestrelpy", data_dir=data_dir)
 
@@ -333,10 +338,12 @@ class ServerFactory:
         data_dir: Path | None = None,
         start: bool = True,
         use_module: bool = False,
+        http: bool = False,
     ) -> ServerProcess:
+        """``http``: also its HTTP listener, on a free port (``srv.http_url()``)."""
         if data_dir is None:
             data_dir = self.base / f"data{len(self.servers)}"
-        srv = ServerProcess(data_dir, config, use_module=use_module)
+        srv = ServerProcess(data_dir, config, use_module=use_module, http=http)
         self.servers.append(srv)
         if start:
             srv.start()
