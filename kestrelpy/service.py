@@ -23,6 +23,7 @@ from kestrelpy.clock import ReactorClock, now_ms, now_s
 from kestrelpy.config import STATUSES, Config, ServerConfig, load_config
 from kestrelpy.http.app import HttpApp
 from kestrelpy.http.site import make_site
+from kestrelpy.metrics import MetricsExporter
 from kestrelpy.queues.collection import QueueCollection
 from kestrelpy.queues.deadlines import Deadlines
 from kestrelpy.server import MemcacheFactory
@@ -138,7 +139,7 @@ class KestrelService(MultiService):
         )
         self.port: Any = None  # IListeningPort once started
         self.http_port: Any = None  # the HTTP listener's, when [server] http is set
-        self._metrics: Any = None  # MetricsExporter, made at the first scrape
+        self._metrics: MetricsExporter | None = None  # made at the first scrape
         self._expiry: LoopingCall | None = None
         for warning in config.warnings:
             self._log.warn("{warning}", warning=warning)
@@ -182,11 +183,8 @@ class KestrelService(MultiService):
     def _render_metrics(self) -> bytes:
         """/metrics; the registry is built at the first scrape (none if nobody scrapes)."""
         if self._metrics is None:
-            from kestrelpy.metrics import MetricsExporter
-
             self._metrics = MetricsExporter(self.ctx, self.store)
-        rendered: bytes = self._metrics.render()
-        return rendered
+        return self._metrics.render()
 
     def _ready(self) -> bool:
         """The store is open: the service runs (stopService closes the store)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from kestrelpy.commits.batch import RollbackHandler
 from kestrelpy.commits.scheduler import CommitScheduler
+from kestrelpy.commits.stats import CommitStats
 from kestrelpy.config import SyncPolicy
 from kestrelpy.payload import LARGE_ITEM, Payload
 from kestrelpy.storage.layout import QUEUE_RECORD, U32, item_header, item_key
@@ -136,6 +137,11 @@ class Store:
         """Batches committed so far (failed ones not)."""
         return self._scheduler.commits
 
+    @property
+    def commit_stats(self) -> CommitStats:
+        """Commit latency, writes per commit and fsync latency (for the metrics)."""
+        return self._scheduler.stats
+
     def on_rollback(self, handler: RollbackHandler) -> None:
         """Who to tell which (queue id, item id, size) puts were lost when a commit failed."""
         self._scheduler.on_rollback(handler)
@@ -155,3 +161,7 @@ class Store:
     def store_bytes(self) -> int:
         """Bytes the store's pages occupy in its data file (for the metrics of the store size)."""
         return self._storage.store_bytes()
+
+    def map_size_bytes(self) -> int:
+        """The store's map size: how far its data file may grow before the map grows."""
+        return self._storage.map_size_bytes()

@@ -9,11 +9,16 @@ does not start is reported as "failed to start" and the others still run.
 
 Sizes and counts are documented in loadtest/README.md; ``--full`` packs 1M items instead of
 200k, ``--quick`` shrinks everything for a smoke run.
+
+Two scenarios measure the HTTP listener (kestrelpy only): flood10 again with ``/metrics``
+scraped every second by a thread of this process (compared with flood10, HTTP off), and
+the time of one scrape of a server with 1,000 and then 10,000 queues, measured here too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -21,13 +26,16 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest._proc import cpu_model, raise_fd_limit
+from loadtest._client import connect, parse_address
+from loadtest._proc import cpu_model, cpu_seconds, raise_fd_limit
 from loadtest._servers import MEMCACHED, Server, ServerError, memcached_server, serve_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +52,15 @@ def _venv_python() -> str:
     return str(candidate) if candidate.exists() else sys.executable
 
 
-def start_kestrelpy(sync: str, cpu: int | None, command: Sequence[str], workdir: Path) -> Server:
-    """``kestrelpy serve --port 0`` on a fresh data dir in ``workdir``, pinned to ``cpu``."""
+def start_kestrelpy(
+    sync: str, cpu: int | None, command: Sequence[str], workdir: Path, http: bool = False
+) -> Server:
+    """``kestrelpy serve --port 0`` on a fresh data dir in ``workdir``, pinned to ``cpu``;
+    ``http``: with its HTTP listener on a free port (``server.http_url()``)."""
     config = workdir / "server.conf"
     config.write_text(SYNC_CONFIGS[sync], encoding="utf-8")
     data_dir = workdir / "data"
-    argv = serve_argv(command, data_dir, config)
+    argv = serve_argv(command, data_dir, config, http="127.0.0.1:0" if http else "")
     server = Server(argv, name=f"kestrelpy-{sync}", cpu=cpu, cwd=workdir, data_dir=data_dir)
     return server.start()
 
@@ -63,6 +74,7 @@ class Metric:
     unit: str = ""
     scale: float = 1.0
     ratio: bool = False  # throughput: show the ratio to memcached
+    baseline: str = ""  # show the ratio to this scenario's value on the same server instead
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,12 @@ class Scenario:
     budget_s: float  # the tool's subprocess is killed after this long
     server_pid: bool = False
     data_dir: bool = False
+    server_cpu: bool = False  # add the server's CPU time per request (ops.total) to the report
+    http: bool = False  # kestrelpy with its HTTP listener on
+    scrape_every_s: float = 0.0  # scrape /metrics this often while the tool runs (0: never)
+    kestrelpy_only: bool = False  # memcached's cell says "n/a"
+    # measured in this process instead of by a tool: the server in, the report out
+    inline: Callable[[Server], dict[str, Any]] | None = field(default=None, compare=False)
 
 
 def scenarios(full: bool, quick: bool) -> list[Scenario]:
@@ -85,6 +103,7 @@ def scenarios(full: bool, quick: bool) -> list[Scenario]:
     ops = Metric("set+get ops/s", ("ops", "total", "ops_per_s"), "ops/s", ratio=True)
     p99_set = Metric("set p99", ("ops", "set", "latency", "p99_ms"), "ms")
     p99_get = Metric("get p99", ("ops", "get", "latency", "p99_ms"), "ms")
+    cpu = Metric("server CPU per request", ("server_cpu_us_per_op",), "us")
     flood = ("--items", "3000000", "--size", "64", "--duration", run_s)
     return [
         Scenario(
@@ -92,8 +111,39 @@ def scenarios(full: bool, quick: bool) -> list[Scenario]:
             "flood, 10 conns (5+5), 64 B",
             "flood",
             (*flood, "-P", "5", "-C", "5"),
-            (ops, p99_set, p99_get),
+            (ops, p99_set, p99_get, cpu),
             180,
+            server_cpu=True,
+        ),
+        Scenario(
+            "flood10_metrics",
+            "flood10 with HTTP on, /metrics scraped every 1 s; (Nx) = vs flood10",
+            "flood",
+            (*flood, "-P", "5", "-C", "5"),
+            (
+                Metric("set+get ops/s", ops.path, ops.unit, baseline="flood10"),
+                Metric(cpu.label, cpu.path, cpu.unit, baseline="flood10"),
+                Metric("slowest scrape", ("scrapes", "max_ms"), "ms"),
+            ),
+            180,
+            server_cpu=True,
+            http=True,
+            scrape_every_s=1.0,
+            kestrelpy_only=True,
+        ),
+        Scenario(
+            "scrape10k",
+            "one /metrics scrape, 1,000 then 10,000 queues",
+            "",
+            (),
+            (
+                Metric("1,000 queues (per-queue series)", ("at_limit", "scrape_ms"), "ms"),
+                Metric("10,000 queues (over the limit)", ("over_limit", "scrape_ms"), "ms"),
+            ),
+            120,
+            http=True,
+            kestrelpy_only=True,
+            inline=scrape_many_queues,
         ),
         Scenario(
             "flood100",
@@ -178,6 +228,7 @@ class Outcome:
     report: dict[str, Any] | None = None
     error: str = ""
     seconds: float = 0.0
+    not_applicable: bool = False  # a kestrelpy-only scenario on memcached
 
     @property
     def check_failed(self) -> bool:
@@ -185,7 +236,33 @@ class Outcome:
 
 
 def run_scenario(server: Server, scenario: Scenario, load_cpu: int | None) -> Outcome:
-    """Run one tool against ``server`` as a subprocess; exit 1 still carries a report."""
+    """Run one scenario against ``server``: its tool as a subprocess (exit 1 still carries
+    a report) while /metrics is scraped if asked, or its inline measurement."""
+    if scenario.inline is not None:
+        began = time.monotonic()
+        try:
+            report = scenario.inline(server)
+        except (OSError, ServerError, ValueError) as err:
+            return Outcome(error=str(err).splitlines()[0], seconds=time.monotonic() - began)
+        return Outcome(report, seconds=time.monotonic() - began)
+    scraper = None
+    if scenario.scrape_every_s:
+        scraper = Scraper(server.http_url() + "/metrics", scenario.scrape_every_s)
+    cpu_before = cpu_seconds(server.pid) if scenario.server_cpu else 0.0
+    with scraper or contextlib.nullcontext():
+        outcome = _run_tool(server, scenario, load_cpu)
+    if outcome.report is not None and scenario.server_cpu:
+        requests = outcome.report.get("ops", {}).get("total", {}).get("count") or 0
+        used_s = cpu_seconds(server.pid) - cpu_before
+        outcome.report["server_cpu_us_per_op"] = used_s * 1e6 / requests if requests else None
+    if outcome.report is not None and scraper is not None:
+        outcome.report["scrapes"] = scraper.report()
+        if scraper.errors:
+            outcome.report["ok"] = False  # a failed scrape is a failed run
+    return outcome
+
+
+def _run_tool(server: Server, scenario: Scenario, load_cpu: int | None) -> Outcome:
     argv = [_venv_python(), "-m", f"loadtest.{scenario.tool}", "--server", server.address]
     argv += ["--json", "--quiet", *scenario.args]
     if load_cpu is not None:
@@ -208,12 +285,116 @@ def run_scenario(server: Server, scenario: Scenario, load_cpu: int | None) -> Ou
     return Outcome(error=(lines[-1] if lines else f"exit {done.returncode}"), seconds=seconds)
 
 
-def start_server(name: str, args: argparse.Namespace, workdir: Path) -> Server:
+SCRAPE_TIMEOUT_S = 10.0
+
+
+class Scraper:
+    """GETs a URL every ``every_s`` on a thread while the load runs, as Prometheus would.
+
+    Counts scrapes and failures and keeps each scrape's time; the thread is stopped, and
+    joined with a deadline, when the ``with`` block ends.
+    """
+
+    def __init__(self, url: str, every_s: float) -> None:
+        self.url = url
+        self.every_s = every_s
+        self.durations_ms: list[float] = []
+        self.errors = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-scraper", daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(SCRAPE_TIMEOUT_S + 1)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.durations_ms.append(timed_get(self.url)[0])
+            except OSError as err:
+                self.errors += 1
+                self.last_error = str(err)
+
+    def report(self) -> dict[str, Any]:
+        done = self.durations_ms
+        return {
+            "count": len(done),
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "max_ms": max(done, default=None),
+            "mean_ms": sum(done) / len(done) if done else None,
+        }
+
+
+def timed_get(url: str) -> tuple[float, bytes]:
+    """(milliseconds, body) of one GET: request sent to the last byte of the answer read."""
+    began = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as reply:
+        body: bytes = reply.read()
+    return (time.perf_counter() - began) * 1000.0, body
+
+
+QUEUES_AT_LIMIT = 1_000  # the default [server] metrics_queue_series_limit
+QUEUES_OVER_LIMIT = 10_000
+
+
+def scrape_many_queues(server: Server) -> dict[str, Any]:
+    """One scrape at 1,000 queues (every queue's series) and one at 10,000 (over the
+    limit: the per-queue series are left out), each timed alone on an idle server."""
+    url = server.http_url() + "/metrics"
+    create_queues(server.address, 0, QUEUES_AT_LIMIT)
+    at_limit_ms, at_limit = timed_get(url)
+    create_queues(server.address, QUEUES_AT_LIMIT, QUEUES_OVER_LIMIT - QUEUES_AT_LIMIT)
+    over_limit_ms, over_limit = timed_get(url)
+    ok = (
+        b"kestrelpy_queue_series_dropped 0.0" in at_limit
+        and at_limit.count(b"kestrelpy_queue_items{") == QUEUES_AT_LIMIT
+        and b"kestrelpy_queues %d.0" % QUEUES_OVER_LIMIT in over_limit
+        and b"kestrelpy_queue_items{" not in over_limit
+    )
+    return {
+        "ok": ok,
+        "at_limit": {"queues": QUEUES_AT_LIMIT, "scrape_ms": at_limit_ms, "bytes": len(at_limit)},
+        "over_limit": {
+            "queues": QUEUES_OVER_LIMIT,
+            "scrape_ms": over_limit_ms,
+            "bytes": len(over_limit),
+        },
+    }
+
+
+def create_queues(address: str, first: int, count: int, batch: int = 1000) -> None:
+    """Queues ``q<first>`` .. by ``get`` (a miss creates the queue), pipelined ``batch``
+    at a time; each reply is ``END``."""
+    with connect(parse_address(address), SCRAPE_TIMEOUT_S) as sock:
+        for start in range(first, first + count, batch):
+            names = range(start, min(start + batch, first + count))
+            sock.sendall(b"".join(b"get q%d\r\n" % n for n in names))
+            expected = b"END\r\n" * len(names)
+            got = bytearray()
+            while len(got) < len(expected):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ServerError("the server closed the connection while creating queues")
+                got += chunk
+            if got != expected:
+                raise ServerError(f"unexpected reply to get: {bytes(got[:80])!r}")
+
+
+def start_server(
+    name: str, args: argparse.Namespace, workdir: Path, scenario: Scenario | None = None
+) -> Server:
     if name == "memcached":
         # sized for the idle-readers scenario: 10,000 readers and some spare
         return memcached_server(connections=10_000 + 1024, cpu=args.server_cpu).start()
     sync = name.removeprefix("kestrelpy-")
-    return start_kestrelpy(sync, args.server_cpu, args.kestrelpy_cmd, workdir)
+    http = scenario is not None and scenario.http
+    return start_kestrelpy(sync, args.server_cpu, args.kestrelpy_cmd, workdir, http=http)
 
 
 def run_all(args: argparse.Namespace, plan: list[Scenario]) -> dict[str, dict[str, Outcome]]:
@@ -222,10 +403,13 @@ def run_all(args: argparse.Namespace, plan: list[Scenario]) -> dict[str, dict[st
     for name in args.servers:
         results[name] = {}
         for scenario in plan:
+            if scenario.kestrelpy_only and name == "memcached":
+                results[name][scenario.key] = Outcome(not_applicable=True)
+                continue
             _log(f"{name}: {scenario.key} ...")
             with tempfile.TemporaryDirectory(prefix=f"kpbench-{name}-") as workdir:
                 try:
-                    server = start_server(name, args, Path(workdir))
+                    server = start_server(name, args, Path(workdir), scenario)
                 except (ServerError, OSError) as err:
                     _log(f"{name}: failed to start: {err}")
                     why = err.summary() if isinstance(err, ServerError) else str(err)
@@ -276,13 +460,15 @@ def cell(outcome: Outcome | None, metric: Metric, reference: float | None) -> st
     """One table cell: the value with its unit, the ratio to memcached, failure marks."""
     if outcome is None:
         return "not run"
+    if outcome.not_applicable:
+        return "n/a"
     if outcome.report is None:
         return outcome.error.split(":")[0] if outcome.error.startswith("failed") else "error"
     value = _value(outcome, metric)
     if value is None:
         return "-"
     text = f"{_number(value)} {metric.unit}".strip()
-    if metric.ratio and reference:
+    if (metric.ratio or metric.baseline) and reference:
         text += f" ({value / reference:.2f}x)"
     if outcome.check_failed:
         text += " CHECK FAILED"
@@ -297,7 +483,14 @@ def results_table(
     for scenario in plan:
         for i, metric in enumerate(scenario.metrics):
             ref = _value(results.get("memcached", {}).get(scenario.key), metric)
-            cells = [cell(results[name].get(scenario.key), metric, ref) for name in servers]
+            cells = [
+                cell(
+                    results[name].get(scenario.key),
+                    metric,
+                    _value(results[name].get(metric.baseline), metric) if metric.baseline else ref,
+                )
+                for name in servers
+            ]
             title = scenario.title if i == 0 else ""
             lines.append("| " + " | ".join([title, metric.label, *cells]) + " |")
     return "\n".join(lines)
@@ -438,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         type=lambda text: text.split(","),
         default=None,
-        help="comma list of flood10, flood100, fairness, packing, many_clients, idle",
+        help="comma list of flood10, flood10_metrics, scrape10k, flood100, fairness, packing, "
+        "many_clients, idle",
     )
     parser.add_argument(
         "--output", type=Path, default=ROOT / "loadtest" / "RESULTS.md", help="results file"
@@ -472,7 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: unknown server or scenario: {', '.join(unknown)}", file=sys.stderr)
         return 2
     if args.scenarios:
-        plan = [s for s in plan if s.key in args.scenarios]
+        # a row compared with another scenario brings that scenario along
+        wanted = set(args.scenarios)
+        wanted |= {m.baseline for s in plan if s.key in wanted for m in s.metrics if m.baseline}
+        plan = [s for s in plan if s.key in wanted]
     two_cpus = len(os.sched_getaffinity(0)) >= 2
     args.server_cpu, args.load_cpu = (0, 1) if two_cpus else (None, None)
     raise_fd_limit(20_000)  # servers inherit it: 10,000 idle readers need the descriptors

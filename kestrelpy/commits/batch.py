@@ -21,6 +21,7 @@ class Batch:
 
     __slots__ = (
         "after",
+        "commit_s",
         "deletes",
         "dropped_queues",
         "is_large",
@@ -48,6 +49,7 @@ class Batch:
         self.large_bytes = 0  # payload bytes of the large items among ``puts``
         self.after = 0  # a large batch commits after the small batch with this ticket
         self.is_large = False  # a batch of the large-item lane
+        self.commit_s = 0.0  # how long the storage's commit took (set by the scheduler)
 
     def is_empty(self) -> bool:
         return not (
@@ -58,6 +60,17 @@ class Batch:
             or self.new_queues
             or self.records
             or self.next_qid is not None
+        )
+
+    def write_count(self) -> int:
+        """Writes this batch makes: one per put, delete, truncation, queue and record."""
+        return (
+            len(self.puts)
+            + len(self.deletes)
+            + len(self.truncations)
+            + len(self.dropped_queues)
+            + len(self.new_queues)
+            + len(self.records)
         )
 
     def carry_over_from(self, failed: Batch) -> None:

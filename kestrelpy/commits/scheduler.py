@@ -15,6 +15,8 @@ tests on a ``twisted.internet.task.Clock`` over a plain Python object.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
+from time import perf_counter
 from typing import Any, Protocol
 
 from twisted.logger import Logger
@@ -22,6 +24,7 @@ from twisted.logger import Logger
 from kestrelpy.commits.batch import Batch, RollbackHandler
 from kestrelpy.commits.gate import CommitListener
 from kestrelpy.commits.lanes import Lanes
+from kestrelpy.commits.stats import CommitStats
 from kestrelpy.commits.threads import PeriodicSyncer, Writer
 from kestrelpy.config import SyncPolicy
 from kestrelpy.errors import StoreError
@@ -40,8 +43,11 @@ class Committer(Protocol):
         any, says why nothing of it was written."""
         ...
 
-    def sync(self) -> None:
-        """Make every commit so far durable; cheap when nothing was committed since."""
+    def sync(self) -> bool:
+        """Make every commit so far durable; cheap when nothing was committed since.
+
+        True when it did fsync (only those are timed, in ``CommitStats.fsync_seconds``).
+        """
         ...
 
 
@@ -50,7 +56,7 @@ class CommitScheduler:
     :class:`~kestrelpy.commits.gate.CommitGate`.
 
     Reactor thread only, but for the threads of :mod:`kestrelpy.commits.threads`.
-    ``commits`` counts the batches committed (failed ones not).
+    ``commits`` counts the batches committed (failed ones not); ``stats`` times them.
     """
 
     _log = Logger()
@@ -70,12 +76,14 @@ class CommitScheduler:
         self._rollback: RollbackHandler | None = None
         self._closed = False
         self.commits = 0
+        self.stats = CommitStats()
         self._writer: Writer | None = None
         self._syncer: PeriodicSyncer | None = None
         if sync == "always":
-            self._writer = Writer(committer.commit, self._writer_done)
+            self._writer = Writer(self._commit, self._writer_done)
         elif sync == "periodic":
-            self._syncer = PeriodicSyncer(committer.sync, max(sync_interval_ms, 1) / 1000.0)
+            timed_sync = partial(self.stats.timed_sync, committer.sync)
+            self._syncer = PeriodicSyncer(timed_sync, max(sync_interval_ms, 1) / 1000.0)
 
     # ------------------------------------------------------------------- CommitGate
 
@@ -139,7 +147,7 @@ class CommitScheduler:
             self._writer.drain()
             self._deliver_writer_results(resubmit=False)
         while (batch := self.lanes.next_batch()) is not None:
-            error = self._committer.commit(batch)
+            error = self._commit(batch)
             self._finish(batch, error)
             if error is not None:
                 break  # not retried here; the large batches that were to follow it failed too
@@ -174,13 +182,25 @@ class CommitScheduler:
                 batch = lanes.next_batch()
                 if batch is None:
                     return
-                self._finish(batch, self._committer.commit(batch))
+                self._finish(batch, self._commit(batch))
                 if self._backoff:
                     return
             if lanes.has_work():
                 self.schedule_commit()
         elif lanes.in_flight is None:
             self._submit_next()
+
+    def _commit(self, batch: Batch) -> StoreError | None:
+        """The storage's commit, timed into ``batch.commit_s``.
+
+        Runs where the commit runs (the writer thread, or the reactor thread inline). The
+        batch is not touched by anyone else until its result is handed back, and
+        ``_finish`` reads the duration after that hand-off, on the reactor thread.
+        """
+        began = perf_counter()
+        error = self._committer.commit(batch)
+        batch.commit_s = perf_counter() - began
+        return error
 
     def _writer_done(self) -> None:
         """Runs in the writer thread: wake the reactor to deliver the results."""
@@ -205,10 +225,17 @@ class CommitScheduler:
 
     def _finish(self, batch: Batch, error: StoreError | None) -> None:
         """The storage's commit of ``batch`` returned: tell its listeners (and, when it
-        failed, the rollback handler and the large batches that were to follow it)."""
+        failed, the rollback handler and the large batches that were to follow it).
+
+        A commit that wrote something is timed here, once per batch, on the reactor thread.
+        """
         if error is None:
             self.commits += 1
+            writes = batch.write_count()
+            if writes:
+                self.stats.record_commit(batch.commit_s, writes)
         else:
+            self.stats.failures += 1
             self._log.error(
                 "commit failed, {count} writes refused: {error}",
                 count=len(batch.puts),

@@ -160,6 +160,11 @@ class LmdbStorage:
         stat = self._env.stat()
         return int((info["last_pgno"] + 1) * stat["psize"])
 
+    def map_size_bytes(self) -> int:
+        """The size of the memory map: the store's data file may grow to it before the
+        map itself grows (by doubling; metrics of the store size). Any thread."""
+        return int(self._env.info()["map_size"])
+
     # --------------------------------------------------------------------- writes
 
     def commit(self, batch: StagedWrites) -> StoreError | None:
@@ -192,11 +197,16 @@ class LmdbStorage:
             return None
         return StoreFullError("store map cannot grow further")
 
-    def sync(self) -> None:
-        """fsync, when anything was committed since the last sync (fsync thread)."""
-        if self._unsynced.is_set():
-            self._unsynced.clear()
-            self._env.sync(True)
+    def sync(self) -> bool:
+        """fsync, when anything was committed since the last sync (fsync thread).
+
+        True when it did fsync, so the caller times real fsyncs only.
+        """
+        if not self._unsynced.is_set():
+            return False
+        self._unsynced.clear()
+        self._env.sync(True)
+        return True
 
     def close(self) -> None:
         """fsync (unless every commit did) and close the environment."""

@@ -54,9 +54,11 @@ class FakeStorage:
         self.log.append(f"commit {batch.ticket}")
         return None
 
-    def sync(self) -> None:
+    def sync(self) -> bool:
+        """An fsync happened (as the real storage answers when something was committed)."""
         self.syncs += 1
         self.synced.set()
+        return True
 
 
 class Rig:
