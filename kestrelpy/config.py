@@ -311,10 +311,10 @@ def _http_address(value: object) -> str:
 
 
 def _token(value: object) -> str:
-    """Any string without whitespace (it travels in an HTTP header); "" for none."""
-    if isinstance(value, str) and not any(char.isspace() for char in value):
+    """Printable ASCII without spaces (it travels in an HTTP header); "" for none."""
+    if isinstance(value, str) and all("!" <= char <= "~" for char in value):
         return value
-    raise _expected('a token without spaces, or "" (none)', value)
+    raise _expected('a token of printable ASCII without spaces, or "" (none)', value)
 
 
 def _peers(value: object) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from kestrelpy import __version__
 from kestrelpy.clock import ReactorClock, now_ms, now_s
 from kestrelpy.config import STATUSES, Config, ServerConfig, load_config
 from kestrelpy.http.app import HttpApp
+from kestrelpy.http.guard import is_loopback
 from kestrelpy.http.site import make_site
 from kestrelpy.metrics import MetricsExporter
 from kestrelpy.queues.collection import QueueCollection
@@ -175,9 +176,16 @@ class KestrelService(MultiService):
     def _listen_http(self, address: str) -> None:
         """The HTTP listener (metrics, admin API, dashboard); raises CannotListenError."""
         host, _, port = address.rpartition(":")
+        host = host.strip("[]")  # "[::1]:2223" names an IPv6 address
+        if not is_loopback(host):
+            self._log.warn(
+                "http listener on {host}: reachable from the network (set admin_token)",
+                host=host or "every interface",
+            )
         app = HttpApp(self.ctx, self.store, self._render_metrics, self._ready)
         self.http_port = self._reactor.listenTCP(int(port), make_site(app), interface=host)
         bound = self.http_port.getHost()
+        app.address = f"{host}:{bound.port}"
         self._log.info("http listening on {host}:{port}", host=bound.host, port=bound.port)
 
     def _render_metrics(self) -> bytes:

@@ -672,7 +672,8 @@ def test_http_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ('admin_token = "a b"', "a token without spaces"),
+        ('admin_token = "a b"', "a token of printable ASCII without spaces"),
+        ('admin_token = "caf\u00e9"', "printable ASCII"),
         ('http_peers = "host:1"', 'a list of "host:port"'),
         ('http_peers = ["nohost"]', '"host:port"'),
         ('http_peers = [""]', 'a list of "host:port"'),

@@ -48,7 +48,7 @@ def peek(app: HttpApp, request: Any, raw_name: str) -> bytes:
     if isinstance(queue, bytes):
         return queue
     raw_count = request.args.get(b"n", [b"1"])[0]
-    if not raw_count.isdigit() or not 1 <= int(raw_count) <= _MAX_PEEK:
+    if not (raw_count.isdigit() and len(raw_count) <= 3) or not 1 <= int(raw_count) <= _MAX_PEEK:
         return app.error(request, 400, f"n must be an integer from 1 to {_MAX_PEEK}")
     now = app.now_ms()
     items = [_item_object(item, now) for item in queue.peek_many(int(raw_count), now)]
@@ -56,27 +56,40 @@ def peek(app: HttpApp, request: Any, raw_name: str) -> bytes:
 
 
 def flush(app: HttpApp, request: Any, raw_name: str) -> object:
-    name = queue_name(raw_name)
-    if name is None:
-        return app.error(request, 400, "bad queue name")
+    """Remove a queue's waiting items (``flush <q>``); 404 for no such queue."""
     refused = app.authorized(request)
     if refused is not None:
         return refused
-    app.ctx.collection.flush(name)
-    return app.after_commit(request, {"flushed": name})
+    queue = _existing(app, request, raw_name)
+    if isinstance(queue, bytes):
+        return queue
+    app.ctx.collection.flush(queue.name)
+    return app.after_commit(request, {"flushed": queue.name})
+
+
+def flush_all(app: HttpApp, request: Any) -> object:
+    """Remove every queue's waiting items (``flush_all``)."""
+    refused = app.authorized(request)
+    if refused is not None:
+        return refused
+    app.ctx.collection.flush_all()
+    return app.after_commit(request, {"flushed_all": True})
 
 
 def delete(app: HttpApp, request: Any, raw_name: str) -> object:
-    name = queue_name(raw_name)
-    if name is None:
-        return app.error(request, 400, "bad queue name")
+    """Drop a queue and its items (``delete <q>``); 404 for no such queue or alias."""
     refused = app.authorized(request)
     if refused is not None:
         return refused
-    if name not in app.ctx.collection.aliases:
-        for waiter in app.ctx.collection.delete(name):
-            waiter.on_queue_deleted()
-    return app.after_commit(request, {"deleted": name})
+    name = queue_name(raw_name)
+    if name is not None and name in app.ctx.collection.aliases:
+        return app.json(request, {"deleted": name})  # as delete <alias>: nothing to drop
+    queue = _existing(app, request, raw_name)
+    if isinstance(queue, bytes):
+        return queue
+    for waiter in app.ctx.collection.delete(queue.name):
+        waiter.on_queue_deleted()
+    return app.after_commit(request, {"deleted": queue.name})
 
 
 def status(app: HttpApp, request: Any) -> bytes:
@@ -85,7 +98,7 @@ def status(app: HttpApp, request: Any) -> bytes:
         return refused
     try:
         wanted = json.loads(request.content.read() or b"{}").get("status")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return app.error(request, 400, 'expected a JSON body {"status": "<status>"}')
     if wanted not in STATUSES:
         return app.error(request, 400, f"status must be one of {', '.join(STATUSES)}")

@@ -1,9 +1,9 @@
 """What the HTTP handlers share: the server's parts, JSON replies, the token, durable writes.
 
 A handler is a function ``(app, request, *path_args) -> bytes | NOT_DONE_YET``. It answers
-through :meth:`HttpApp.json` (or :meth:`HttpApp.error`), which also sets the CORS headers
-every response carries. Mutations check the admin token first (:meth:`HttpApp.authorized`)
-and answer only after the commit that makes them durable (:meth:`HttpApp.after_commit`).
+through :meth:`HttpApp.json` (or :meth:`HttpApp.error`). Mutations check the admin token
+first (:meth:`HttpApp.authorized`) and answer only after the commit that makes them durable
+(:meth:`HttpApp.after_commit`).
 Reactor thread only.
 """
 
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from kestrelpy.service import ServerContext
 
 JSON_TYPE = b"application/json"
+# Sent, with the allowed Origin itself, only to origins guard.allowed_origin accepts.
 CORS_HEADERS = (
-    (b"access-control-allow-origin", b"*"),
     (b"access-control-allow-headers", b"Authorization, Content-Type"),
     (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
 )
@@ -40,6 +40,7 @@ class HttpApp:
     commits: CommitGate
     render_metrics: Callable[[], bytes]
     ready: Callable[[], bool]
+    address: str = ""  # "host:port" as bound (set once listening): CORS and Host checks
 
     def now_ms(self) -> int:
         return now_ms(self.ctx.clock)
@@ -74,7 +75,7 @@ class HttpApp:
         if scheme.lower() != "bearer" or not given:
             request.setHeader(b"www-authenticate", b"Bearer")
             return self.error(request, 401, "missing bearer token")
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if not hmac.compare_digest(given.strip().encode("latin-1"), token.encode("ascii")):
             return self.error(request, 403, "wrong token")
         return None
 

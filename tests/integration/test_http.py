@@ -38,9 +38,12 @@ def call(
     method: str = "GET",
     token: str | None = None,
     body: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of one request; error statuses are answers, not raises."""
-    request = urllib.request.Request(srv.http_url() + path, data=body, method=method)
+    request = urllib.request.Request(
+        srv.http_url() + path, data=body, method=method, headers=headers or {}
+    )
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -70,9 +73,8 @@ def srv(server_factory: ServerFactory) -> ServerProcess:
 
 
 def test_ping_and_probes(srv: ServerProcess) -> None:
-    code, headers, body = call(srv, "/ping")
+    code, _headers, body = call(srv, "/ping")
     assert (code, body) == (200, b"pong")
-    assert headers["Access-Control-Allow-Origin"] == "*"
     assert call_json(srv, "/healthz") == (200, {"alive": True})
     assert call_json(srv, "/readyz") == (200, {"ready": True})
 
@@ -158,6 +160,7 @@ def test_flush_is_durable_when_answered(srv: ServerProcess) -> None:
 def test_status_change(srv: ServerProcess) -> None:
     body = json.dumps({"status": "readonly"}).encode()
     assert call_json(srv, "/api/status", method="POST", body=body)[0] == 401
+    assert call_json(srv, "/readyz") == (200, {"ready": True})  # the 401 changed nothing
     assert call_json(srv, "/api/status", method="POST", body=body, token=TOKEN) == (
         200,
         {"status": "readonly"},
@@ -175,16 +178,101 @@ def test_bad_names_paths_and_methods_are_json_errors(srv: ServerProcess) -> None
     assert call_json(srv, "/api/queues/a%2Fb/peek") == (400, {"error": "bad queue name"})
     assert call_json(srv, "/api/nothing") == (404, {"error": "not found"})
     assert call_json(srv, "/api/queues", method="POST") == (405, {"error": "method not allowed"})
-    code, headers, _body = call(srv, "/api/queues", method="OPTIONS")
+    assert call(srv, "/api/queues", method="POST")[1]["Allow"] == "GET"
+    code, err = call_json(srv, "/api/queues/jobs/peek?n=" + "9" * 5000)
+    assert code == 400 and "n must be" in err["error"]
+    assert call_json(srv, "/api/queues/" + "x" * 251) == (400, {"error": "bad queue name"})
+
+
+def test_cross_site_pages_get_no_cors_permission_and_foreign_hosts_no_answer(
+    server_factory: ServerFactory,
+) -> None:
+    srv = server_factory('[server]\nhttp_peers = ["10.1.2.3:2223"]\n', http=True)
+    own = srv.http_url()
+    for origin, allowed in (
+        (own, True),
+        ("http://10.1.2.3:2223", True),
+        ("http://localhost:1", True),  # another server's dashboard on this machine
+        ("http://evil.example", False),
+        ("http://10.9.9.9:2223", False),
+    ):
+        _code, headers, _body = call(srv, "/api/queues", headers={"Origin": origin})
+        assert headers.get("Access-Control-Allow-Origin") == (origin if allowed else None)
+    code, headers, _body = call(srv, "/api/queues", method="OPTIONS", headers={"Origin": own})
     assert code == 204 and "Authorization" in headers["Access-Control-Allow-Headers"]
+    # DNS rebinding: a hostile name resolving to 127.0.0.1 reaches a loopback listener
+    code, err = call_json(srv, "/api/queues", headers={"Host": "evil.example"})
+    assert code == 421 and "loopback" in err["error"]
+    assert call_json(srv, "/api/queues", headers={"Host": "localhost"})[0] == 200
+
+
+def test_head_never_runs_a_mutation_and_big_bodies_are_refused(srv: ServerProcess) -> None:
+    code, _headers, _body = call(srv, "/shutdown", method="HEAD", token=TOKEN)
+    assert code == 405 and srv.running
+    assert call(srv, "/api/queues", method="HEAD")[0] == 200
+    huge = b"{" + b" " * (65 * 1024) + b"}"
+    code, err = call_json(srv, "/api/status", method="POST", body=huge, token=TOKEN)
+    assert code == 413 and "body" in err["error"]
+    nested = b"[" * 100_000 + b"]" * 100_000
+    assert call_json(srv, "/api/status", method="POST", body=nested[:60_000], token=TOKEN)[0] == 400
+    with srv.connect() as conn:
+        assert conn.request(b"status") == b"UP\r\n"
+
+
+def test_queue_names_are_latin1_bytes_as_on_the_memcache_port(
+    server_factory: ServerFactory,
+) -> None:
+    srv = server_factory(WITH_TOKEN, http=True)
+    with srv.connect() as conn:
+        assert conn.set(b"caf\xe9", b"x") == b"STORED\r\n"
+    code, queue = call_json(srv, "/api/queues/caf%E9")
+    assert code == 200 and queue["name"] == "caf\u00e9" and queue["items"] == 1
+    assert call_json(srv, "/api/queues/caf%E9/flush", method="POST", token=TOKEN)[0] == 200
+    with srv.connect() as conn:
+        assert conn.get(b"caf\xe9") is None
+
+
+def test_unknown_queues_are_404_for_every_verb(srv: ServerProcess) -> None:
+    for method, path in (("POST", "/api/queues/nope/flush"), ("DELETE", "/api/queues/nope")):
+        assert call_json(srv, path, method=method, token=TOKEN) == (
+            404,
+            {"error": "no queue 'nope'"},
+        )
+
+
+def test_flush_all_and_delete_are_durable_when_answered(srv: ServerProcess) -> None:
+    assert call_json(srv, "/api/queues/other", method="DELETE", token=TOKEN)[0] == 200
+    assert call_json(srv, "/api/flush_all", method="POST", token=TOKEN) == (
+        200,
+        {"flushed_all": True},
+    )
+    srv.kill9()
+    srv.start()
+    with srv.connect() as conn:
+        stats = conn.stats()
+        assert stats["queue_jobs_items"] == "0"
+        assert "queue_other_items" not in stats
 
 
 def test_no_token_configured_refuses_every_mutation(server_factory: ServerFactory) -> None:
     srv = server_factory("", http=True)
-    code, err = call_json(srv, "/api/queues/q/flush", method="POST", token="anything")
-    assert code == 403 and "admin_token" in err["error"]
-    assert call_json(srv, "/shutdown", token="")[0] in (401, 403)
+    with srv.connect() as conn:
+        assert conn.set("q", b"x") == b"STORED\r\n"
+    status_body = json.dumps({"status": "readonly"}).encode()
+    for method, path, body in (
+        ("POST", "/api/queues/q/flush", None),
+        ("DELETE", "/api/queues/q", None),
+        ("POST", "/api/flush_all", None),
+        ("POST", "/api/status", status_body),
+        ("POST", "/reload", None),
+        ("POST", "/shutdown", None),
+    ):
+        code, err = call_json(srv, path, method=method, token="anything", body=body)
+        assert code == 403 and "admin_token" in err["error"], (path, code, err)
     assert srv.running
+    with srv.connect() as conn:
+        assert conn.stats()["queue_q_items"] == "1"
+        assert conn.request(b"status") == b"UP\r\n"
 
 
 # ----------------------------------------------------------------- the listener

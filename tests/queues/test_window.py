@@ -220,3 +220,15 @@ def test_forget_items_counts_only_those_still_waiting() -> None:
     assert (len(window), budget.used) == (0, 0)
     store.delete(QID, 3, 8)  # the store never had it
     assert drain(window) == [b"item-002", b"item-004"]
+
+
+def test_peek_reads_past_memory_without_filling_the_window() -> None:
+    store = MemoryStore()
+    window = new_window(store, max_items=2)
+    for data in payloads(5):
+        put(window, store, data)
+    assert len(window) == 2
+    assert [bytes(item.data) for item in window.peek(4)] == payloads(4)
+    assert [bytes(item.data) for item in window.peek(10)] == payloads(5)
+    assert len(window) == 2  # what was read from the store for the look is not kept
+    assert drain(window) == payloads(5)
