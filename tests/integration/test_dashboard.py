@@ -6,9 +6,11 @@ box takes space-separated terms that must all hold (``items>1``, ``name=~^a``), 
 one is reported and filters nothing; peek shows waiting items (text, or base64 for binary)
 without removing them; flush and delete ask for confirmation, send the admin token typed
 into the page, and an API refusal is shown in plain words with nothing changed; the page
-refreshes itself; reload and status change act on a server; ``http_peers`` are merged into
-one table with a server column, and managed across origins (CORS). A script error logged
-by the page fails the test.
+refreshes itself; reload, status change, flush all and shutdown act on a server (the last
+two behind the confirmation, shutdown shown as the server stopping, then stopped); queue
+names are latin-1 bytes, addressed in paths one ``%XX`` per byte; ``http_peers`` are merged
+into one table with a server column, and managed across origins (CORS). A script error
+logged by the page fails the test.
 
 The browser is Debian's chromium + chromedriver through selenium (no driver download); when
 they are missing these tests fail, they do not skip (``make test`` installs them). Every
@@ -37,7 +39,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from kestrelpy import __version__
 
-from .conftest import ServerFactory, ServerProcess
+from .conftest import ServerFactory, ServerProcess, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -213,6 +215,27 @@ def confirm(driver: webdriver.Chrome, answer: str) -> None:
         "the confirmation dialog",
     )
     driver.find_element(By.ID, f"confirm-{answer}").click()
+
+
+def click_server_action(driver: webdriver.Chrome, action: str) -> None:
+    """Click ``action`` in the (first) servers row."""
+    driver.execute_script(
+        "document.querySelector('#servers-body tr')"
+        '.querySelector(`button[data-action="${arguments[0]}"]`).click();',
+        action,
+    )
+
+
+def dialog_text(driver: webdriver.Chrome) -> tuple[str, str, str]:
+    """The open confirmation dialog's title, question and OK button label."""
+    wait_for(
+        driver,
+        lambda d: d.execute_script("return document.getElementById('confirm-dialog').open"),
+        True,
+        "the confirmation dialog",
+    )
+    title, text, ok = (text_of(driver, f"#confirm-{part}") for part in ("title", "text", "ok"))
+    return title, text, ok
 
 
 def queue_items(srv: ServerProcess, queue: str) -> int:
@@ -403,6 +426,115 @@ def test_cancelled_delete_keeps_the_queue_and_confirmed_delete_removes_it(
     assert text_of(page, "#message-text") == 'Deleted queue "ab+c%".'
     with srv.connect() as conn:
         assert "queue_ab+c%_items" not in conn.stats()
+
+
+def test_flush_all_with_the_token_empties_every_queue(
+    page: webdriver.Chrome, srv: ServerProcess
+) -> None:
+    label = srv.http_url().removeprefix("http://")
+    use_token(page, TOKEN)
+    click_server_action(page, "flush-all")
+    title, text, ok = dialog_text(page)
+    assert (title, ok) == ("Flush all queues?", "Flush all")
+    assert f"every waiting item of every queue on {label}" in text
+    assert "cannot be undone" in text
+    confirm(page, "ok")
+    message = wait_for(page, lambda d: text_of(d, "#message-text"), bool, "the message")
+    assert message == f"Flushed all queues on {label}."
+    assert page.find_element(By.ID, "message").get_attribute("data-kind") == "ok"
+    wait_for(page, rows, [[name, "0"] for name, _ in by_name()], "every queue at 0 items")
+    with srv.connect() as conn:
+        stats = conn.stats()
+        for name in SEED:
+            assert stats[f"queue_{name}_items"] == "0", name  # flushed, not deleted
+            assert conn.get(name) is None, name
+
+
+def test_flush_all_without_a_token_is_refused_and_changes_nothing(
+    page: webdriver.Chrome, srv: ServerProcess
+) -> None:
+    label = srv.http_url().removeprefix("http://")
+    click_server_action(page, "flush-all")
+    confirm(page, "ok")
+    message = wait_for(page, lambda d: text_of(d, "#message-text"), bool, "the 401 message")
+    assert message.startswith(
+        f"Flush of all queues on {label} failed: the server wants the admin token"
+    ), message
+    assert "missing bearer token" in message
+    assert page.find_element(By.ID, "message").get_attribute("data-kind") == "error"
+    page.find_element(By.ID, "refresh-now").click()
+    wait_for(page, rows, by_name(), "unchanged rows")
+    for name, bodies in SEED.items():
+        assert queue_items(srv, name) == len(bodies), name
+
+
+STATUS_JS = "return document.querySelector('#servers-body [data-col=\"status\"]').textContent"
+
+
+def test_shutdown_with_the_token_stops_the_server(
+    page: webdriver.Chrome, srv: ServerProcess
+) -> None:
+    label = srv.http_url().removeprefix("http://")
+    click_server_action(page, "shutdown")  # no token: refused, the server keeps running
+    confirm(page, "ok")
+    message = wait_for(page, lambda d: text_of(d, "#message-text"), bool, "the 401 message")
+    assert message.startswith(f"Shutdown of {label} failed: the server wants the admin token")
+    assert srv.running
+    assert page.execute_script(STATUS_JS) == "up"
+
+    use_token(page, TOKEN)
+    click_server_action(page, "shutdown")
+    title, text, ok = dialog_text(page)
+    assert (title, ok) == ("Shut down the server?", "Shut down")
+    assert f"Stop the kestrelpy server {label}?" in text
+    confirm(page, "ok")
+    wait_until(lambda: not srv.running, WAIT_S, "the server to exit after /shutdown", srv)
+    assert srv.stop() == 0  # it has exited already: this only reaps it, asserting exit 0
+    wait_for(
+        page,
+        lambda d: text_of(d, "#message-text"),
+        f"{label} has shut down: it no longer answers.",
+        "the stopped message",
+    )
+    wait_for(page, lambda d: d.execute_script(STATUS_JS), "stopped", "the stopped status")
+    assert page.execute_script(
+        "return Array.from(document.querySelectorAll('#servers-body button'))"
+        ".every(b => b.disabled)"
+    ), "actions on a stopped server stay enabled"
+    # Leave the page (it keeps polling), then drop the failed fetches it logged meanwhile.
+    page.get("about:blank")
+    unexpected = [e for e in page_errors(page) if "ERR_CONNECTION_REFUSED" not in e]
+    assert unexpected == [], "the page logged errors"
+
+
+def test_a_latin1_queue_name_is_peeked_and_flushed(
+    page: webdriver.Chrome, srv: ServerProcess
+) -> None:
+    """b"caf\xe9" is "café" on the page and caf%E9 in paths: one byte, not UTF-8's %C3%A9."""
+    name = "caf\xe9"
+    raw = name.encode("latin-1")
+    with srv.connect() as conn:
+        for body in (b"un", b"deux"):
+            assert conn.set(raw, body) == b"STORED\r\n"
+    page.find_element(By.ID, "refresh-now").click()
+    wait_for(page, rows, sorted([*by_name(), [name, "2"]]), "the latin-1 queue listed")
+
+    click_queue_action(page, name, "peek")
+    wait_for(
+        page, lambda d: d.execute_script(PEEK_JS), [["text", "un"], ["text", "deux"]], "its items"
+    )
+    assert name in text_of(page, "#peek-title")
+
+    use_token(page, TOKEN)
+    click_queue_action(page, name, "flush")
+    confirm(page, "ok")
+    message = wait_for(page, lambda d: text_of(d, "#message-text"), bool, "the flush message")
+    assert message == f'Flushed queue "{name}".'
+    wait_for(page, rows, sorted([*by_name(), [name, "0"]]), "the latin-1 queue at 0 items")
+    wait_for(page, lambda d: text_of(d, "#peek-state"), "No waiting items.", "an empty peek")
+    with srv.connect() as conn:
+        assert conn.get(raw) is None
+        assert conn.get("beta") == b"b"  # other queues untouched
 
 
 def test_auto_refresh_shows_new_queues(page: webdriver.Chrome, srv: ServerProcess) -> None:

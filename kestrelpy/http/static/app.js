@@ -213,6 +213,7 @@
     refreshing: null, // the running refresh's promise
     timer: null,
     peek: null, // {server, name}
+    stopping: new Map(), // server label -> "stopping" | "stopped", after a shutdown request
     lastRefresh: null,
   };
 
@@ -295,8 +296,30 @@
     }
   }
 
+  // Queue names are bytes on the server, sent to the page as latin-1 code points (each
+  // character is one byte, U+0000..U+00FF). A path names a queue by those bytes: every
+  // character but the unreserved ASCII ones becomes %XX of its own code, so "é" is %E9 (one
+  // byte), never UTF-8's %C3%A9 as encodeURIComponent would send.
+  const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
+
+  function latin1Segment(name) {
+    let out = "";
+    for (const ch of name) {
+      const code = ch.codePointAt(0);
+      if (UNRESERVED.test(ch)) out += ch;
+      else if (code <= 0xff) out += `%${code.toString(16).toUpperCase().padStart(2, "0")}`;
+      else {
+        const hex = code.toString(16).toUpperCase().padStart(4, "0");
+        throw new Error(
+          `the name "${name}" holds U+${hex}, which is no single byte, so no queue has it`,
+        );
+      }
+    }
+    return out;
+  }
+
   function queuePath(name, suffix = "") {
-    return `api/queues/${encodeURIComponent(name)}${suffix}`;
+    return `api/queues/${latin1Segment(name)}${suffix}`;
   }
 
   // ---- messages --------------------------------------------------------------------------
@@ -495,12 +518,19 @@
         });
         actions.appendChild(select);
         actions.appendChild(button("Set status", "set-status", `Set the status of ${server.label}`));
+        actions.appendChild(
+          button("Flush all", "flush-all", `Flush every queue of ${server.label}`, "danger"),
+        );
+        actions.appendChild(button("Shutdown", "shutdown", `Shut down ${server.label}`, "danger"));
         tr.appendChild(actions);
         return tr;
       },
       (tr, server) => {
         const info = server.info || {};
-        const status = server.info ? String(info.status ?? "unknown") : "unreachable";
+        let status = server.info ? String(info.status ?? "unknown") : "unreachable";
+        const stopping = state.stopping.get(server.label);
+        if (stopping === "stopped" && server.info) state.stopping.delete(server.label); // back
+        else if (stopping) status = server.info ? "stopping" : "stopped";
         cell(tr, "server", server.label, { title: server.self ? "this server" : "peer" });
         const statusCell = cell(tr, "status", status, { title: server.error || undefined });
         statusCell.dataset.status = status;
@@ -522,7 +552,7 @@
         const select = tr.querySelector('[data-role="status-select"]');
         if (!select.dataset.touched && STATUSES.includes(status)) select.value = status;
         for (const control of tr.querySelectorAll("[data-col=actions] button, select")) {
-          control.disabled = !server.info;
+          control.disabled = !server.info || Boolean(state.stopping.get(server.label));
         }
       },
     );
@@ -804,6 +834,38 @@
       } catch (err) {
         showMessage("error", `Reload of ${server.label} failed: ${explain(err)}`);
       }
+    } else if (action === "flush-all") {
+      const ok = await confirmAction(
+        "Flush all queues?",
+        `Remove every waiting item of every queue on ${server.label}? The queues stay, open reads are not affected. This cannot be undone.`,
+        "Flush all",
+      );
+      if (!ok) return;
+      try {
+        await api(server, "api/flush_all", { method: "POST", auth: true });
+        showMessage("ok", `Flushed all queues on ${server.label}.`);
+      } catch (err) {
+        showMessage("error", `Flush of all queues on ${server.label} failed: ${explain(err)}`);
+      }
+    } else if (action === "shutdown") {
+      const ok = await confirmAction(
+        "Shut down the server?",
+        `Stop the kestrelpy server ${server.label}? Every client is disconnected and it serves nothing until someone starts it again on its host; this dashboard cannot.`,
+        "Shut down",
+      );
+      if (!ok) return;
+      try {
+        await api(server, "shutdown", { method: "POST", auth: true });
+      } catch (err) {
+        // No answer at all may mean it stopped before replying: watch it either way.
+        if (!(err instanceof ApiError && err.status === 0)) {
+          showMessage("error", `Shutdown of ${server.label} failed: ${explain(err)}`);
+          await refresh().catch(() => {});
+          return;
+        }
+      }
+      await watchShutdown(server);
+      return;
     } else if (action === "set-status") {
       const select = tr.querySelector('[data-role="status-select"]');
       const status = select.value;
@@ -825,6 +887,38 @@
         showMessage("error", `Status change of ${server.label} failed: ${explain(err)}`);
       }
     }
+    await refresh().catch(() => {});
+    if (action === "flush-all" && state.peek && state.peek.server === server.label) {
+      await peek(server, state.peek.name);
+    }
+  }
+
+  const SHUTDOWN_WAIT_MS = 15000;
+
+  // After a shutdown request: "stopping" until the server no longer answers, then "stopped".
+  async function watchShutdown(server) {
+    state.stopping.set(server.label, "stopping");
+    showMessage("ok", `${server.label} is shutting down…`);
+    render();
+    const deadline = Date.now() + SHUTDOWN_WAIT_MS;
+    while (Date.now() < deadline) {
+      try {
+        await api(server, "healthz");
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 0) {
+          state.stopping.set(server.label, "stopped");
+          showMessage("ok", `${server.label} has shut down: it no longer answers.`);
+          await refresh().catch(() => {});
+          return;
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    state.stopping.delete(server.label);
+    showMessage(
+      "error",
+      `${server.label} still answers ${SHUTDOWN_WAIT_MS / 1000} s after it accepted the shutdown request.`,
+    );
     await refresh().catch(() => {});
   }
 
