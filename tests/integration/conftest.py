@@ -292,7 +292,7 @@ class Conn:
         self.send(b"stats\r\n")
         result = {}
         while (line := self.read_line()) != b"END\r\n":
-            parts = line.decode().split(" ", 2)
+            parts = line.decode("latin-1").split(" ", 2)  # names are bytes, as on the wire
             assert parts[0] == "STAT", f"bad stats line {line!r}"
             result[parts[1]] = parts[2].rstrip("\r\n")
         return result
