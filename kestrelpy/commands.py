@@ -9,8 +9,8 @@ every command shares: the status refusal and the error line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kestrelpy import __version__
 from kestrelpy.clock import now_ms
@@ -25,7 +25,7 @@ from kestrelpy.replies import (
     Durable,
 )
 from kestrelpy.stats import ServerStats, dump_stats_lines, server_report
-from kestrelpy.wire.memcache import DELETED, END, Command, stat_lines
+from kestrelpy.wire.memcache import DELETED, END, Command, key_problem, stat_lines
 
 if TYPE_CHECKING:
     from kestrelpy.service import ServerContext
@@ -69,6 +69,24 @@ def refused(
 
 def _refused_write(ctx: ServerContext, settings: ServerConfig, out: Out) -> bool:
     return refused(ctx.status, settings, ctx.stats, out, writes=True)
+
+
+class MonitorArgs(NamedTuple):
+    """``monitor <queue> <seconds> [max]``, checked."""
+
+    queue: str
+    seconds: int
+    limit: int | None  # None: as many as max_open_transactions allows
+
+
+def parse_monitor(args: Sequence[bytes]) -> MonitorArgs | tuple[bytes, int]:
+    """The arguments of ``monitor``, or (error line without CRLF, code) to answer."""
+    if len(args) < 2 or not args[1].isdigit() or (len(args) > 2 and not args[2].isdigit()):
+        return b"CLIENT_ERROR usage: monitor <queue> <seconds> [max]", CLOSE
+    name = args[0].decode("latin-1")
+    if key_problem(args[0]) is not None or "/" in name:
+        return b"CLIENT_ERROR bad queue name", DONE
+    return MonitorArgs(name, int(args[1]), int(args[2]) if len(args) > 2 else None)
 
 
 def _reply(request: Command, out: Out, reply: bytes | Durable) -> None:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from kestrelpy.blocked_read import BlockedRead
 from kestrelpy.clock import now_ms
-from kestrelpy.commands import COMMANDS, error_line, refused
+from kestrelpy.commands import COMMANDS, MonitorArgs, error_line, parse_monitor, refused
 from kestrelpy.open_reads import OpenReads
 from kestrelpy.queues.queue import OPEN, PEEK, TAKE, Item, Queue
 from kestrelpy.replies import BLOCKED, CLOSE, DONE, STORED_DURABLE, WROTE
@@ -32,7 +32,6 @@ from kestrelpy.wire.memcache import (
     Request,
     Retrieve,
     Store,
-    key_problem,
     parse_get_key,
     value_reply,
 )
@@ -226,22 +225,19 @@ class Session:
         ``END`` closes the batch. The items stay open until ``confirm`` (or go back to
         the queue when the connection ends). No pipelining while a monitor runs.
         """
-        args = request.args
-        if len(args) < 2 or not args[1].isdigit() or (len(args) > 2 and not args[2].isdigit()):
-            out.append(self._error(b"CLIENT_ERROR usage: monitor <queue> <seconds> [max]"))
-            return CLOSE
-        name = args[0].decode("latin-1")
-        if key_problem(args[0]) is not None or "/" in name:
-            out.append(self._error(b"CLIENT_ERROR bad queue name"))
-            return DONE
+        parsed = parse_monitor(request.args)
+        if not isinstance(parsed, MonitorArgs):
+            out.append(self._error(parsed[0]))
+            return parsed[1]
+        name, seconds, limit = parsed
         if refused(self._status.current, self._settings, self._stats, out, writes=False):
             return CLOSE
         if name in self._collection.aliases:
             out.append(END)
             return DONE
         queue = self._collection.get_or_create(name)
-        limit = int(args[2]) if len(args) > 2 else self._settings.max_open_transactions
-        room = min(limit, self._settings.max_open_transactions - self.open_reads.count(name))
+        most = self._settings.max_open_transactions
+        room = min(most if limit is None else limit, most - self.open_reads.count(name))
         now = now_ms(self._clock)
         while room > 0:
             item = queue.open(now)
@@ -249,7 +245,6 @@ class Session:
                 break
             out.append(self._monitor_value(queue, item))
             room -= 1
-        seconds = int(args[1])
         if room <= 0 or seconds <= 0:
             out.append(END)
             return DONE
@@ -285,14 +280,8 @@ class Session:
         if not args[1].isdigit():
             out.append(self._error(b"CLIENT_ERROR bad count"))
             return CLOSE
-        name, count = args[0].decode("latin-1"), int(args[1])
-        held = self.open_reads.count(name)
-        if count == 0 or count > held:
-            out.append(self._error(b"ERROR"))
-            return DONE
-        for _ in range(count):
-            self.open_reads.close_oldest(name)
-        out.append(END)
+        confirmed = self.open_reads.confirm(args[0].decode("latin-1"), int(args[1]))
+        out.append(END if confirmed else self._error(b"ERROR"))
         return DONE
 
     def _command(self, request: Command, out: list[Any]) -> int:

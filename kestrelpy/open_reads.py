@@ -65,6 +65,15 @@ class OpenReads:
         if reads is not None and reads.opened:
             reads.queue.close_open(reads.opened.popleft())
 
+    def confirm(self, name: str, count: int) -> bool:
+        """``confirm``: close the ``count`` oldest items open on ``name``; False, closing
+        nothing, when ``count`` is 0 or more than are open."""
+        if count == 0 or count > self.count(name):
+            return False
+        for _ in range(count):
+            self.close_oldest(name)
+        return True
+
     def abort_oldest(self, name: str) -> None:
         """Give the oldest item open on ``name`` back to the head of its queue."""
         reads = self._live(name)

@@ -68,8 +68,6 @@ class Queue(QueueCounters):
         self._on_expired = on_expired
         self.deleted = False
 
-    # ------------------------------------------------------------------------ writes
-
     def put(self, flags: int, expiry_ms: int, data: Payload, now_ms: int) -> bool:
         """Add an item at the tail; False when the queue's limits refuse it."""
         size = len(data)
@@ -109,8 +107,6 @@ class Queue(QueueCounters):
             self._consume(item)
             self.discarded += 1
         return self.items + 1 <= config.max_items and self.bytes + size <= config.max_size
-
-    # ------------------------------------------------------------------------- reads
 
     def take(self, now_ms: int) -> Item | None:
         """Remove and return the head; its removal rides the next commit."""
@@ -226,8 +222,6 @@ class Queue(QueueCounters):
         if self._on_expired is not None:
             self._on_expired(self, item)
 
-    # ----------------------------------------------------------------------- waiters
-
     def add_waiter(
         self, mode: int, deliver: Callable[[Item], None], on_queue_deleted: Callable[[], None]
     ) -> Waiter:
@@ -261,8 +255,6 @@ class Queue(QueueCounters):
     def release_waiters(self) -> list[Waiter]:
         """Detach every blocked reader (queue deleted or server stopping)."""
         return self._line.release_all()
-
-    # ------------------------------------------------------------------------- admin
 
     def reconfigure(self, config: QueueConfig) -> None:
         """RELOAD: new limits apply from the next operation; ``expire_to_queue`` stays."""
