@@ -336,3 +336,15 @@ def test_shipped_rules_and_dashboard_name_only_series_we_expose(kp: MakeHarness)
         assert shown in used
     assert {"kestrelpy_queue_sets_total", "kestrelpy_queue_gets_total"} <= used
     assert "kestrelpy_commit_duration_seconds_bucket" in used
+
+
+def test_queue_names_with_quotes_and_backslashes_are_escaped_labels(kp: MakeHarness) -> None:
+    h = kp()
+    odd = 'we"ird\\q+ch'
+    h.collection.put(odd, 0, 0, b"abc", HARNESS_EPOCH_S * 1000)
+    h.collection.put("plain", 0, 0, b"x", HARNESS_EPOCH_S * 1000)
+    samples = scrape(h)
+    assert value(samples, "kestrelpy_queue_items", queue=odd) == 1
+    assert value(samples, "kestrelpy_queue_bytes", queue=odd) == 3
+    assert value(samples, "kestrelpy_queue_gets_total", queue=odd, result="miss") == 0
+    assert value(samples, "kestrelpy_queue_items", queue="plain") == 1
