@@ -243,7 +243,7 @@ class Session:
             item = queue.open(now)
             if item is None:
                 break
-            out.append(self._monitor_value(queue, item))
+            self._found(queue, item, OPEN, queue.name.encode("latin-1"), False, out)
             room -= 1
         if room <= 0 or seconds <= 0:
             out.append(END)
@@ -251,25 +251,21 @@ class Session:
         self._wait.begin(queue, OPEN, self._monitor_delivered, seconds * 1000, monitor_left=room)
         return BLOCKED
 
-    def _monitor_value(self, queue: Queue, item: Item) -> bytes:
-        """An item a monitor opened: now held open, and its VALUE reply."""
-        self.open_reads.add(queue, item)
-        self._stats.get_hits += 1
-        queue.get_hits += 1
-        flags = item.flags if self._settings.preserve_flags else 0
-        return value_reply(queue.name.encode("latin-1"), flags, item.data, None)
-
     def _monitor_delivered(self, item: Item) -> None:
+        """A put handed a blocked monitor an item: it is held open and sent at once."""
         wait = self._wait
-        assert wait.queue is not None
-        reply = self._monitor_value(wait.queue, item)
+        queue = wait.queue
+        assert queue is not None
+        replies: list[Any] = []
+        self._found(queue, item, OPEN, queue.name.encode("latin-1"), False, replies)
         wait.monitor_left -= 1
         if wait.monitor_left > 0:
             wait.wait_again(OPEN, self._monitor_delivered)
-            self._resume([reply], BLOCKED)
+            self._resume(replies, BLOCKED)
             return
         wait.end()
-        self._resume([reply, END], DONE)
+        replies.append(END)
+        self._resume(replies, DONE)
 
     def _confirm(self, request: Command, out: list[Any]) -> int:
         """``confirm q n``: close the ``n`` oldest open items; ERROR if fewer are open."""

@@ -263,24 +263,30 @@ def queue_series_text(queues: Sequence[Queue], now: int) -> str:
     """The per-queue series in the text exposition format, labelled ``queue``: O(queues)."""
     labels = [_label_value(queue.name) for queue in queues]
     lines: list[str] = []
-    for name, help_text, kind, value in _QUEUE_FAMILIES:
-        _family_head(lines, name, help_text, kind)
-        lines.extend(
-            f'{name}{{queue="{label}"}} {_number(value(queue, now))}'
-            for queue, label in zip(queues, labels, strict=True)
-        )
+    _write_families(lines, _QUEUE_FAMILIES, queues, labels, now)
     _family_head(lines, _GETS, _GETS_HELP, "counter")
     for queue, label in zip(queues, labels, strict=True):
         lines.append(f'{_GETS}{{queue="{label}",result="hit"}} {_number(queue.get_hits)}')
         lines.append(f'{_GETS}{{queue="{label}",result="miss"}} {_number(queue.get_misses)}')
-    for name, help_text, kind, value in _QUEUE_TAIL_FAMILIES:
+    _write_families(lines, _QUEUE_TAIL_FAMILIES, queues, labels, now)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _write_families(
+    lines: list[str],
+    families: Sequence[tuple[str, str, str, Callable[[Queue, int], float]]],
+    queues: Sequence[Queue],
+    labels: Sequence[str],
+    now: int,
+) -> None:
+    """Each family's head, then one sample per queue (label ``queue`` only)."""
+    for name, help_text, kind, value in families:
         _family_head(lines, name, help_text, kind)
         lines.extend(
             f'{name}{{queue="{label}"}} {_number(value(queue, now))}'
             for queue, label in zip(queues, labels, strict=True)
         )
-    lines.append("")
-    return "\n".join(lines)
 
 
 def _family_head(lines: list[str], name: str, help_text: str, kind: str) -> None:
