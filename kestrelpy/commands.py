@@ -25,7 +25,7 @@ from kestrelpy.replies import (
     Durable,
 )
 from kestrelpy.stats import ServerStats, dump_stats_lines, server_report
-from kestrelpy.wire.memcache import DELETED, END, Command, key_problem, stat_lines
+from kestrelpy.wire.memcache import DELETED, END, Command, is_queue_name, stat_lines
 
 if TYPE_CHECKING:
     from kestrelpy.service import ServerContext
@@ -83,10 +83,11 @@ def parse_monitor(args: Sequence[bytes]) -> MonitorArgs | tuple[bytes, int]:
     """The arguments of ``monitor``, or (error line without CRLF, code) to answer."""
     if len(args) < 2 or not args[1].isdigit() or (len(args) > 2 and not args[2].isdigit()):
         return b"CLIENT_ERROR usage: monitor <queue> <seconds> [max]", CLOSE
-    name = args[0].decode("latin-1")
-    if key_problem(args[0]) is not None or "/" in name:
+    if not is_queue_name(args[0]):
         return b"CLIENT_ERROR bad queue name", DONE
-    return MonitorArgs(name, int(args[1]), int(args[2]) if len(args) > 2 else None)
+    return MonitorArgs(
+        args[0].decode("latin-1"), int(args[1]), int(args[2]) if len(args) > 2 else None
+    )
 
 
 def _reply(request: Command, out: Out, reply: bytes | Durable) -> None:

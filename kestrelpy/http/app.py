@@ -19,7 +19,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from kestrelpy.clock import now_ms
 from kestrelpy.commits import CommitGate
-from kestrelpy.wire.memcache import key_problem
+from kestrelpy.wire.memcache import is_queue_name
 
 if TYPE_CHECKING:
     from kestrelpy.service import ServerContext
@@ -109,10 +109,8 @@ class HttpApp:
 
 def queue_name(raw: str) -> str | None:
     """The queue a path names, or None when it is no valid queue name."""
-    if not raw or "/" in raw:
-        return None
     try:
         encoded = raw.encode("latin-1")
     except UnicodeEncodeError:
         return None
-    return None if key_problem(encoded) is not None else raw
+    return raw if is_queue_name(encoded) else None

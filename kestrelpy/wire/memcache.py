@@ -319,6 +319,11 @@ def key_problem(key: bytes) -> bytes | None:
     return None
 
 
+def is_queue_name(key: bytes) -> bool:
+    """A key that names a queue by itself: valid, and without the ``/`` of get options."""
+    return key_problem(key) is None and b"/" not in key
+
+
 def parse_get_key(key: bytes) -> GetOptions:
     """Split ``queue/opt/opt`` (any order, repeats allowed, unknown options ignored).
 
