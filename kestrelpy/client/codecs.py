@@ -1,0 +1,99 @@
+"""How job data becomes bytes on the queue, and how a reader knows which way back.
+
+The codec that wrote an item is marked in the memcache flags, which kestrelpy stores and
+returns (``preserve_flags``). Kestrel dropped flags, and a PHP or shell producer sends 0, so
+flags 0 means "no mark": the reader decodes with its own configured codec. A mark this
+module does not know is refused with :class:`DecodeError` rather than guessed at.
+
+The marks are ``0x4B50`` ("KP") in the high half and a codec number in the low half, so
+they never collide with the small type bits other memcache clients put in flags
+(pymemcache's serde, PHP's serializer bits).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kestrelpy.client.errors import DecodeError, UsageError
+
+_MARK = 0x4B50_0000
+_MARK_MASK = 0xFFFF_0000
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """One way of turning job data into bytes; ``flags`` marks items it wrote."""
+
+    name: str
+    flags: int
+    encode: Callable[[Any], bytes]
+    decode: Callable[[bytes], Any]
+
+
+def _json_encode(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _raw_encode(data: Any) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, str):
+        return data.encode()
+    raise TypeError(f"the raw codec sends bytes or str, not {type(data).__name__}")
+
+
+def _msgpack() -> Any:
+    try:
+        import msgpack  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise UsageError(
+            "the msgpack codec needs the msgpack package: pip install 'kestrelpy[msgpack]'"
+        ) from None
+    return msgpack
+
+
+def _msgpack_encode(data: Any) -> bytes:
+    packed: bytes = _msgpack().packb(data, use_bin_type=True)
+    return packed
+
+
+def _msgpack_decode(body: bytes) -> Any:
+    return _msgpack().unpackb(body, raw=False)
+
+
+JSON = Codec("json", _MARK | 1, _json_encode, json.loads)
+RAW = Codec("raw", _MARK | 2, _raw_encode, bytes)
+MSGPACK = Codec("msgpack", _MARK | 3, _msgpack_encode, _msgpack_decode)
+
+CODECS: dict[str, Codec] = {codec.name: codec for codec in (JSON, RAW, MSGPACK)}
+_BY_FLAGS: dict[int, Codec] = {codec.flags: codec for codec in CODECS.values()}
+
+
+def codec_named(name: str | Codec) -> Codec:
+    """The codec for a ``codec=`` argument; msgpack is checked here, at construction, so a
+    missing package is one clear error up front instead of one per item."""
+    if isinstance(name, Codec):
+        return name
+    codec = CODECS.get(name)
+    if codec is None:
+        raise UsageError(f"unknown codec {name!r}: expected one of {', '.join(CODECS)}")
+    if codec is MSGPACK:
+        _msgpack()
+    return codec
+
+
+def decode(body: bytes, flags: int, default: Codec) -> Any:
+    """Decode an item: by its mark, or with ``default`` when it carries none (flags 0)."""
+    if flags == 0:
+        codec = default
+    elif flags & _MARK_MASK == _MARK and flags in _BY_FLAGS:
+        codec = _BY_FLAGS[flags]
+    else:
+        raise DecodeError(f"unknown flags {flags}: not written by a kestrelpy codec", body, flags)
+    try:
+        return codec.decode(body)
+    except (ValueError, TypeError, UsageError) as err:
+        raise DecodeError(f"not valid {codec.name}: {err}", body, flags) from err

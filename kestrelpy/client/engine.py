@@ -1,0 +1,361 @@
+"""What every client operation does, written once as coroutines over an abstract link.
+
+The three faces differ only in how bytes move: :class:`Link` is one connection to one
+server (a blocking socket, an asyncio stream, a Twisted protocol) and the engine awaits it.
+The blocking face's links never suspend, so it drives these coroutines to the end with a
+single ``send``; the asyncio and Twisted faces await them on their event loops.
+
+Delivery is at least once, as with Kestrel itself: a write whose connection fails before
+its reply is sent again to another server, and a read whose connection fails goes back on
+its queue (server side) to be delivered again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Protocol
+
+from kestrelpy.client import codecs
+from kestrelpy.client.errors import ClientError, ServerRefused, ServerUnavailable, UsageError
+from kestrelpy.client.protocol import (
+    DELETED,
+    END,
+    STORED,
+    Reply,
+    command_request,
+    queue_key,
+    read_request,
+    set_request,
+)
+from kestrelpy.client.reads import HeldReads
+from kestrelpy.client.servers import ServerAddress, ServerPool, parse_servers
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+class Link(Protocol):
+    """One open connection to one server.
+
+    ``exchange`` sends ``request`` (one or more pipelined requests) and returns the next
+    ``replies`` replies in order. The I/O deadline is ``timeout_s`` plus ``wait_s``, the time
+    the server may legitimately hold a blocking read. Any failure (refused, reset, EOF,
+    deadline, unparseable reply) raises :class:`ServerUnavailable`; the link is then dead.
+    """
+
+    async def exchange(self, request: bytes, replies: int, wait_s: float) -> list[Reply]: ...
+
+    @property
+    def usable(self) -> bool:
+        """False once the link failed or an exchange was abandoned half-way."""
+
+    def close(self) -> None: ...
+
+
+Connector = Callable[[ServerAddress, float], Awaitable[Link]]
+
+
+class Engine:
+    """The operations, over several servers, for one face. Not shared between threads or
+    event loops; one engine per worker."""
+
+    def __init__(
+        self,
+        servers: str | Iterable[str],
+        *,
+        connect: Connector,
+        clock: Callable[[], float],
+        codec: str | codecs.Codec = "json",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        if timeout_s <= 0:
+            raise UsageError(f"timeout_s={timeout_s}: expected a positive number of seconds")
+        spec = servers if isinstance(servers, str) else list(servers)
+        self.pool = ServerPool(parse_servers(spec), clock, backoff_max_s=backoff_max_s)
+        self.codec = codecs.codec_named(codec)
+        self.timeout_s = timeout_s
+        self._connect = connect
+        self._links: dict[ServerAddress, Link] = {}
+        self._reads = HeldReads()
+        self._keys: dict[str, bytes] = {}  # checked queue names: one dict lookup per request
+
+    def _key(self, queue: str) -> bytes:
+        key = self._keys.get(queue)
+        if key is None:
+            if len(self._keys) > 10_000:
+                self._keys.clear()  # many one-off queue names: bound the cache, don't grow it
+            key = self._keys[queue] = queue_key(queue)
+        return key
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def put(self, queue: str, data: Any, expiry_s: int = 0) -> None:
+        """Store one item on one server (the next in rotation that is up)."""
+        key = self._key(queue)
+        body = self.codec.encode(data)
+        request = set_request(key, self.codec.flags, expiry_s, body)
+        await self._write(request, 1, f"set {queue} ({len(body)} bytes)")
+
+    async def put_many(self, queue: str, items: Iterable[Any], expiry_s: int = 0) -> int:
+        """Store every item on one server, all sets in one write. Returns how many."""
+        key = self._key(queue)
+        codec = self.codec
+        requests = [set_request(key, codec.flags, expiry_s, codec.encode(item)) for item in items]
+        if requests:
+            await self._write(b"".join(requests), len(requests), f"set {queue} (batch)")
+        return len(requests)
+
+    async def _write(self, request: bytes, count: int, what: str) -> None:
+        refusal: ServerRefused | None = None
+        for server in self.pool.writers():
+            try:
+                replies = await self._call(server, request, count)
+            except ServerUnavailable:
+                continue
+            stored = _stored_count(replies)
+            if stored == count:
+                return
+            refusal = ServerRefused(str(server), what, _refusal(replies).decode(), stored=stored)
+            if stored:
+                raise refusal  # part of the batch is queued there: resending would duplicate
+            self._after_refusal(server, replies)
+        if refusal is not None:
+            raise refusal
+        raise self.pool.unavailable()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, queue: str, timeout_ms: int = 0) -> Any:
+        """Take one item, waiting up to ``timeout_ms`` on the current server; None when every
+        reachable server is empty."""
+        return await self._read(queue, timeout_ms, peek=False)
+
+    async def peek(self, queue: str, timeout_ms: int = 0) -> Any:
+        return await self._read(queue, timeout_ms, peek=True)
+
+    async def _read(self, queue: str, timeout_ms: int, *, peek: bool) -> Any:
+        if not peek and self.holds(queue):
+            raise UsageError(f"a reliable read of {queue!r} is open: close or abort it first")
+        return await self._read_from_servers(queue, timeout_ms, peek=peek)
+
+    async def open(self, queue: str, timeout_ms: int = 0) -> Any:
+        """Take one item tentatively: it stays reserved for this client until :meth:`close`
+        (done) or :meth:`abort` (back to the head of the queue), or until the connection
+        drops (back too). None when every reachable server is empty."""
+        held = self._reads.get(queue)
+        owed_to = None
+        if held is not None:
+            if not held.finished:
+                raise UsageError(f"a reliable read of {queue!r} is open: close or abort it first")
+            owed_to = held.server
+            self._reads.release(queue)  # its close rides on the open below, or is moot
+        return await self._read_from_servers(queue, timeout_ms, open_=True, close_on=owed_to)
+
+    async def _read_from_servers(
+        self,
+        queue: str,
+        timeout_ms: int,
+        *,
+        peek: bool = False,
+        open_: bool = False,
+        close_on: ServerAddress | None = None,
+    ) -> Any:
+        """Ask the current server (with the wait), then the others (without): a hit moves
+        the reader there; all empty moves it on, so the next wait is elsewhere.
+        ``close_on``: the server owed a close for this queue, asked first, with the close
+        folded into the request (``close/open``)."""
+        key = self._key(queue)
+        wait_ms = timeout_ms
+        reached = False
+        for server in self.pool.readers(first=close_on):
+            request = read_request(
+                key, timeout_ms=wait_ms, open_=open_, close=server == close_on, peek=peek
+            )
+            try:
+                (reply,) = await self._call(server, request, 1, wait_ms / 1000)
+            except ServerUnavailable:
+                continue
+            reached = True
+            wait_ms = 0
+            if reply.values:
+                value = reply.values[0]
+                self.pool.read_from(server)
+                if open_:
+                    self._reads.hold(queue, server)
+                return codecs.decode(value.body, value.flags, self.codec)
+            if reply.line != END:
+                self._after_refusal(server, [reply])
+                if reply.line.startswith(b"SERVER_ERROR"):
+                    continue  # refused by status (quiescent): Kestrel's "try elsewhere"
+                raise ServerRefused(str(server), f"get {queue}", reply.line.decode())
+        if not reached:
+            raise self.pool.unavailable()
+        self.pool.move_reader_on()
+        return None
+
+    async def close(self, queue: str) -> bool:
+        """Confirm the open read of ``queue`` now. False if none was held."""
+        held = self._reads.get(queue)
+        if held is None:
+            return False
+        self._reads.release(queue)
+        await self._call(held.server, read_request(self._key(queue), close=True), 1)
+        return True
+
+    def holds(self, queue: str) -> bool:
+        """True while a reliable read of ``queue`` is open and not yet finished."""
+        held = self._reads.get(queue)
+        return held is not None and not held.finished
+
+    @asynccontextmanager
+    async def reliable(self, queue: str, timeout_ms: int = 0) -> AsyncIterator[Any]:
+        """``async with``: open one item for the block; close it when the block ends
+        normally, abort it (back to the head) when the block raises. Yields None when every
+        server is empty. The close rides on the next request to that server (see
+        :meth:`finish`)."""
+        job = await self.open(queue, timeout_ms)
+        if not self.holds(queue):
+            yield job
+            return
+        try:
+            yield job
+        except BaseException:
+            with suppress(ClientError):  # if the link is gone, so is the read: item is back
+                await self.abort(queue)
+            raise
+        self.finish(queue)
+
+    def finish(self, queue: str) -> None:
+        """Confirm the open read of ``queue`` with the next request to its server, saving a
+        round trip; :meth:`flush` or :meth:`disconnect` send it if nothing else does."""
+        if self._reads.get(queue) is not None:
+            self._reads.finish(queue)
+
+    async def abort(self, queue: str) -> bool:
+        """Give the open read of ``queue`` back (to the head of its queue). False if none."""
+        held = self._reads.get(queue)
+        if held is None:
+            return False
+        if held.finished:
+            raise UsageError(f"the read of {queue!r} is already finished: too late to abort")
+        self._reads.release(queue)
+        await self._call(held.server, read_request(self._key(queue), abort=True), 1)
+        return True
+
+    # -- administration ----------------------------------------------------------------------
+
+    async def delete(self, queue: str) -> None:
+        """Drop the queue and its items on every reachable server."""
+        await self._everywhere(command_request(b"delete", self._key(queue)), DELETED)
+
+    async def flush(self, queue: str) -> None:
+        """Empty the queue on every reachable server."""
+        await self._everywhere(command_request(b"flush", self._key(queue)), END)
+
+    async def _everywhere(self, request: bytes, expected: bytes) -> None:
+        reached = False
+        for server in self.pool.addresses:
+            if not self.pool.is_up(server):
+                continue
+            try:
+                (reply,) = await self._call(server, request, 1)
+            except ServerUnavailable:
+                continue
+            reached = True
+            if reply.line != expected:
+                self._after_refusal(server, [reply])
+                raise ServerRefused(str(server), request.decode().strip(), reply.line.decode())
+        if not reached:
+            raise self.pool.unavailable()
+
+    async def stats(self) -> dict[str, dict[str, str]]:
+        """Each reachable server's ``stats``, keyed by ``host:port``."""
+        result: dict[str, dict[str, str]] = {}
+        for server in self.pool.addresses:
+            if not self.pool.is_up(server):
+                continue
+            try:
+                (reply,) = await self._call(server, b"stats\r\n", 1)
+            except ServerUnavailable:
+                continue
+            pairs = (line.decode("latin-1").split(" ", 1) for line in reply.stats)
+            result[str(server)] = {name: value for name, value in pairs}
+        if not result:
+            raise self.pool.unavailable()
+        return result
+
+    async def flush_closes(self) -> None:
+        """Send every close still owed (see :meth:`finish`)."""
+        for server in self.pool.addresses:
+            if server in self._reads.servers_owed_closes():
+                with suppress(ServerUnavailable):  # link gone: the server put the items back
+                    await self._call(server, b"", 0)
+
+    async def disconnect(self) -> None:
+        """Send the owed closes, then close every connection. Reads still open (neither
+        finished nor aborted) go back on their queues when the server sees the close."""
+        await self.flush_closes()
+        for server in list(self._links):
+            self._drop(server)
+
+    # -- one server ---------------------------------------------------------------------------
+
+    async def _call(
+        self, server: ServerAddress, request: bytes, replies: int, wait_s: float = 0.0
+    ) -> list[Reply]:
+        """Send to one server, with any owed closes pipelined in front. A failure marks the
+        server down, voids the reads it held, and raises :class:`ServerUnavailable`."""
+        closes = self._reads.take_finished(server)
+        if closes:
+            owed = b"".join(read_request(queue_key(q), close=True) for q in closes)
+            request = owed + request
+            replies += len(closes)
+        if not replies:
+            return []
+        try:
+            link = self._links.get(server)
+            if link is not None and not link.usable:
+                self._drop(server)  # an exchange on it was cancelled: its replies are adrift
+                link = None
+            if link is None:
+                link = self._links[server] = await self._connect(server, self.timeout_s)
+            got = await link.exchange(request, replies, wait_s)
+        except ServerUnavailable as err:
+            self._drop(server)
+            self.pool.mark_down(server, err.why)
+            raise
+        self.pool.mark_up(server)
+        return got[len(closes) :] if closes else got
+
+    def _after_refusal(self, server: ServerAddress, replies: list[Reply]) -> None:
+        """After an error line the server may close the connection (Kestrel closes after
+        most), so the link is dropped. ``SERVER_ERROR`` also means "refusing for now"
+        (status, limits): back off from that server as from a dead one."""
+        line = _refusal(replies)
+        if line.startswith((b"SERVER_ERROR", b"CLIENT_ERROR", b"ERROR")):
+            self._drop(server)
+        if line.startswith(b"SERVER_ERROR"):
+            self.pool.mark_down(server, line.decode())
+
+    def _drop(self, server: ServerAddress) -> None:
+        link = self._links.pop(server, None)
+        if link is not None:
+            link.close()
+        self._reads.drop_server(server)
+
+
+def _stored_count(replies: list[Reply]) -> int:
+    count = 0
+    for reply in replies:
+        if reply.line != STORED:
+            break
+        count += 1
+    return count
+
+
+def _refusal(replies: list[Reply]) -> bytes:
+    for reply in replies:
+        if reply.line not in (STORED, END, DELETED):
+            return reply.line
+    return replies[-1].line if replies else b""

@@ -1,0 +1,64 @@
+"""What the client raises. Everything derives from :class:`ClientError`, itself a
+:class:`~kestrelpy.errors.KestrelpyError`, so one ``except`` catches the lot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kestrelpy.errors import KestrelpyError
+
+
+class ClientError(KestrelpyError):
+    """Base class of every error the bundled client raises."""
+
+
+class UsageError(ClientError):
+    """The caller asked for something the client cannot do (bad address, unknown codec,
+    a second ``open`` while one is held); no request was sent."""
+
+
+class ServerUnavailable(ClientError):
+    """A server could not be reached, timed out or dropped the connection. The client
+    marks it down and tries the others; callers see :class:`NoServerAvailable`."""
+
+    def __init__(self, server: str, why: str) -> None:
+        super().__init__(f"{server}: {why}")
+        self.server = server
+        self.why = why
+
+
+class NoServerAvailable(ClientError):
+    """Every server is down or backing off; ``retry_in_s`` says when the first is due."""
+
+    def __init__(self, failures: Sequence[str], retry_in_s: float) -> None:
+        detail = "; ".join(failures) or "no servers configured"
+        super().__init__(f"no server available ({detail}); next retry in {retry_in_s:.2f}s")
+        self.failures = tuple(failures)
+        self.retry_in_s = retry_in_s
+
+
+class ServerRefused(ClientError):
+    """A server answered a request with a refusal (``NOT_STORED``, ``SERVER_ERROR``,
+    ``CLIENT_ERROR``, ``ERROR``): the write was not taken, and the message names the
+    server and its reply, so nothing is dropped silently.
+
+    ``stored`` counts the items of a :meth:`put_many` batch that were stored before the
+    refusal (they stay queued).
+    """
+
+    def __init__(self, server: str, request: str, reply: str, *, stored: int = 0) -> None:
+        super().__init__(f"{server} refused {request}: {reply}")
+        self.server = server
+        self.request = request
+        self.reply = reply
+        self.stored = stored
+
+
+class DecodeError(ClientError):
+    """An item's bytes could not be decoded. ``body`` and ``flags`` are the item as read,
+    so a worker can dead-letter it instead of retrying forever."""
+
+    def __init__(self, why: str, body: bytes, flags: int) -> None:
+        super().__init__(why)
+        self.body = body
+        self.flags = flags

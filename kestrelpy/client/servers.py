@@ -1,0 +1,134 @@
+"""Which server a request goes to: Kestrel's scale-out model, with no I/O.
+
+Kestrel servers share nothing, so a client spreads writes over every healthy server and a
+reader drains whichever server it is on, moving on when that one is empty or down. A server
+that fails is skipped until its backoff ends (doubling from ``BACKOFF_START_S`` up to
+``backoff_max_s``); the first success clears it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from kestrelpy.client.errors import NoServerAvailable, UsageError
+
+DEFAULT_PORT = 22133
+BACKOFF_START_S = 0.1
+
+
+class ServerAddress(NamedTuple):
+    """A tuple, so the per-request dict lookups hash in C."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> ServerAddress:
+        """``host:port`` (``[v6]:port`` for IPv6). The port is required: a bare host is
+        more often a typo than a wish for the default, and a silent guess hides it."""
+        host, sep, port = text.strip().rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"server {text!r}: expected host:port")
+        return cls(host, int(port))
+
+
+def parse_servers(servers: str | Sequence[str]) -> list[ServerAddress]:
+    """A comma-separated string or a list of ``host:port``; order and duplicates kept out."""
+    items = servers.split(",") if isinstance(servers, str) else list(servers)
+    addresses = list(dict.fromkeys(ServerAddress.parse(item) for item in items if item.strip()))
+    if not addresses:
+        raise UsageError("no servers given: expected host:port[,host:port...]")
+    return addresses
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+
+
+class ServerPool:
+    """Health and rotation over a fixed list of servers. ``clock`` is monotonic seconds."""
+
+    def __init__(
+        self,
+        addresses: Sequence[ServerAddress],
+        clock: Callable[[], float],
+        *,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.addresses = tuple(addresses)
+        self._clock = clock
+        self._backoff_max_s = backoff_max_s
+        self._health = {address: _Health() for address in self.addresses}
+        self._next_writer = 0
+        self._reader = 0
+
+    def is_up(self, address: ServerAddress) -> bool:
+        retry_at = self._health[address].retry_at
+        return not retry_at or retry_at <= self._clock()
+
+    def writers(self) -> Iterator[ServerAddress]:
+        """Servers to try for one write: each up server once, starting one further along
+        than the previous write started, so writes spread evenly."""
+        start = self._next_writer
+        self._next_writer = (start + 1) % len(self.addresses)
+        return self._up_from(start)
+
+    def readers(self, first: ServerAddress | None = None) -> Iterator[ServerAddress]:
+        """Servers to try for one read: ``first`` if given and up (the one owed a close),
+        then the reader's current server, then the rest; each once."""
+        if first is None:
+            yield from self._up_from(self._reader)
+            return
+        if self.is_up(first):
+            yield first
+        for address in self._up_from(self._reader):
+            if address != first:
+                yield address
+
+    def read_from(self, address: ServerAddress) -> None:
+        """Stay on ``address``: it just handed out an item."""
+        self._reader = self.addresses.index(address)
+
+    def move_reader_on(self) -> None:
+        """Every server was empty: the next read (and its wait) starts on the next one."""
+        self._reader = (self._reader + 1) % len(self.addresses)
+
+    def _up_from(self, start: int) -> Iterator[ServerAddress]:
+        count = len(self.addresses)
+        for offset in range(count):
+            address = self.addresses[(start + offset) % count]
+            if self.is_up(address):
+                yield address
+
+    def mark_down(self, address: ServerAddress, why: str) -> None:
+        health = self._health[address]
+        health.failures += 1
+        backoff = min(BACKOFF_START_S * 2 ** (health.failures - 1), self._backoff_max_s)
+        health.retry_at = self._clock() + backoff
+        health.last_error = why
+
+    def mark_up(self, address: ServerAddress) -> None:
+        health = self._health[address]
+        if health.failures:
+            health.failures = 0
+            health.retry_at = 0.0
+            health.last_error = ""
+
+    def unavailable(self) -> NoServerAvailable:
+        """The error for "nothing could be tried": what each server last failed with, and
+        when the soonest comes off its backoff."""
+        now = self._clock()
+        failures = [
+            f"{address}: {health.last_error or 'down'}" for address, health in self._health.items()
+        ]
+        retry_in = min((h.retry_at for h in self._health.values()), default=now) - now
+        return NoServerAvailable(failures, max(retry_in, 0.0))
