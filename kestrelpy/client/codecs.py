@@ -47,7 +47,7 @@ def _raw_encode(data: Any) -> bytes:
 
 def _msgpack() -> Any:
     try:
-        import msgpack  # type: ignore[import-not-found,unused-ignore]
+        import msgpack
     except ImportError:
         raise UsageError(
             "the msgpack codec needs the msgpack package: pip install 'kestrelpy[msgpack]'"

@@ -12,7 +12,8 @@ its queue (server side) to be delivered again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ from kestrelpy.client.reads import HeldReads
 from kestrelpy.client.servers import ServerAddress, ServerPool, parse_servers
 
 DEFAULT_TIMEOUT_S = 5.0
+PUT_MANY_CHUNK = 1000
 
 
 class Link(Protocol):
@@ -98,13 +100,24 @@ class Engine:
         await self._write(request, 1, f"set {queue} ({len(body)} bytes)")
 
     async def put_many(self, queue: str, items: Iterable[Any], expiry_s: int = 0) -> int:
-        """Store every item on one server, all sets in one write. Returns how many."""
+        """Store every item, pipelined: the sets go out in writes of up to
+        ``PUT_MANY_CHUNK`` items, each to one server. Returns how many were stored.
+
+        Chunks bound what either side buffers (a million-item batch sent in one write
+        would fill both sockets' buffers and stall). A chunk whose server fails is sent to
+        the next one; chunks already acknowledged are not sent again."""
         key = self._key(queue)
         codec = self.codec
-        requests = [set_request(key, codec.flags, expiry_s, codec.encode(item)) for item in items]
-        if requests:
-            await self._write(b"".join(requests), len(requests), f"set {queue} (batch)")
-        return len(requests)
+        stored = 0
+        for chunk in _batches(items, PUT_MANY_CHUNK):
+            requests = [set_request(key, codec.flags, expiry_s, codec.encode(i)) for i in chunk]
+            try:
+                await self._write(b"".join(requests), len(requests), f"set {queue} (batch)")
+            except ServerRefused as refused:
+                refused.stored += stored
+                raise
+            stored += len(requests)
+        return stored
 
     async def _write(self, request: bytes, count: int, what: str) -> None:
         refusal: ServerRefused | None = None
@@ -319,7 +332,12 @@ class Engine:
                 self._drop(server)  # an exchange on it was cancelled: its replies are adrift
                 link = None
             if link is None:
-                link = self._links[server] = await self._connect(server, self.timeout_s)
+                link = await self._connect(server, self.timeout_s)
+                raced = self._links.get(server)
+                if raced is not None and raced.usable:  # another task connected meanwhile
+                    link.close()
+                    link = raced
+                self._links[server] = link
             got = await link.exchange(request, replies, wait_s)
         except ServerUnavailable as err:
             self._drop(server)
@@ -343,6 +361,12 @@ class Engine:
         if link is not None:
             link.close()
         self._reads.drop_server(server)
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def _stored_count(replies: list[Reply]) -> int:

@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -128,7 +128,7 @@ class TwistedClient:
 
     async def _connect(self, address: ServerAddress, timeout_s: float) -> DeferredLink:
         reactor: IReactorTCP = self._reactor
-        endpoint = TCP4ClientEndpoint(reactor, address.host, address.port, timeout=timeout_s)
+        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=timeout_s)
         link = DeferredLink(address, timeout_s, self._reactor)
         connecting: Deferred[Any] = connectProtocol(endpoint, link)  # type: ignore[no-untyped-call]
         connecting.addTimeout(timeout_s, self._reactor)
