@@ -95,5 +95,5 @@ def decode(body: bytes, flags: int, default: Codec) -> Any:
         raise DecodeError(f"unknown flags {flags}: not written by a kestrelpy codec", body, flags)
     try:
         return codec.decode(body)
-    except (ValueError, TypeError, UsageError) as err:
+    except (ValueError, TypeError, RecursionError, UsageError) as err:  # json: deep nesting
         raise DecodeError(f"not valid {codec.name}: {err}", body, flags) from err

@@ -130,8 +130,10 @@ class Engine:
             if stored == count:
                 return
             refusal = ServerRefused(str(server), what, _refusal(replies).decode(), stored=stored)
-            if stored:
-                raise refusal  # part of the batch is queued there: resending would duplicate
+            if any(reply.line == STORED for reply in replies):
+                # part of the batch is queued there (not only a prefix: one item over a
+                # queue's max_item_size refuses alone): resending it would duplicate
+                raise refusal
             self._after_refusal(server, replies)
         if refusal is not None:
             raise refusal
@@ -180,7 +182,8 @@ class Engine:
         folded into the request (``close/open``)."""
         key = self._key(queue)
         wait_ms = timeout_ms
-        reached = False
+        empty = False  # some server answered END: only then is None the answer
+        refusal: ServerRefused | None = None
         for server in self.pool.readers(first=close_on):
             request = read_request(
                 key, timeout_ms=wait_ms, open_=open_, close=server == close_on, peek=peek
@@ -189,7 +192,6 @@ class Engine:
                 (reply,) = await self._call(server, request, 1, wait_ms / 1000)
             except ServerUnavailable:
                 continue
-            reached = True
             wait_ms = 0
             if reply.values:
                 value = reply.values[0]
@@ -199,11 +201,13 @@ class Engine:
                 return codecs.decode(value.body, value.flags, self.codec)
             if reply.line != END:
                 self._after_refusal(server, [reply])
+                refusal = ServerRefused(str(server), f"get {queue}", reply.line.decode())
                 if reply.line.startswith(b"SERVER_ERROR"):
                     continue  # refused by status (quiescent): Kestrel's "try elsewhere"
-                raise ServerRefused(str(server), f"get {queue}", reply.line.decode())
-        if not reached:
-            raise self.pool.unavailable()
+                raise refusal
+            empty = True
+        if not empty:  # refused is not empty: a worker loop must not take it for "no work"
+            raise refusal if refusal is not None else self.pool.unavailable()
         self.pool.move_reader_on()
         return None
 

@@ -113,6 +113,8 @@ class ReplyReader:
         else is fed to the buffer and None is returned; :meth:`take` carries on."""
         if (
             not self._buf
+            and not self._values  # a VALUE block or STAT line already taken belongs to
+            and not self._stats  # the reply this line closes: leave it to take()
             and data.endswith(b"\r\n")
             and data.find(b"\r\n") == len(data) - 2
             and not data.startswith((b"VALUE ", b"STAT "))
@@ -141,10 +143,8 @@ class ReplyReader:
             else:
                 self._pos = end + 2
                 reply = Reply(bytes(buf[pos:end]), self._values, self._stats)
-                if self._values:
-                    self._values = []
-                if self._stats:
-                    self._stats = []
+                self._values = []  # fresh lists even when empty: the reply owns its own,
+                self._stats = []  # or the next reply's values would show up in it too
                 if self._pos == len(buf):
                     buf.clear()
                     self._pos = 0
