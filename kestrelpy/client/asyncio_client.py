@@ -27,6 +27,7 @@ class StreamLink(asyncio.Protocol):
         self._pending: PendingReplies[asyncio.Future[list[Reply]]] = PendingReplies()
         self._transport: asyncio.Transport | None = None
         self._usable = True
+        self._closed_by_us = False  # then a lost connection is no stale idle one
 
     @property
     def usable(self) -> bool:
@@ -47,13 +48,15 @@ class StreamLink(asyncio.Protocol):
                 future.set_result(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(str(exc) if exc else "connection closed by the server")
+        self._fail(str(exc) if exc else "connection closed by the server", closed=True)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, *, closed: bool = False) -> None:
         self._usable = False
-        for future in self._pending.abandon():
+        for future, got in self._pending.abandon():
             if not future.done():
-                future.set_exception(ServerUnavailable(str(self._address), why))
+                stale = closed and not got and not self._closed_by_us
+                error = ServerUnavailable(str(self._address), why, replies=got, stale=stale)
+                future.set_exception(error)
         if self._transport is not None:
             self._transport.abort()
 
@@ -69,11 +72,16 @@ class StreamLink(asyncio.Protocol):
             self._fail("timed out")
             raise ServerUnavailable(str(self._address), "timed out") from None
         except asyncio.CancelledError:
-            self._fail("an exchange was cancelled")
+            # Its replies still arrive, and are dropped in order (the future is done). But a
+            # cancelled open may leave an item open on this connection that nobody holds:
+            # take no new requests here; the engine replaces the link, and closing it
+            # returns any such item to its queue.
+            self._usable = False
             raise
 
     def close(self) -> None:
         self._usable = False
+        self._closed_by_us = True
         if self._transport is not None:
             self._transport.close()
 

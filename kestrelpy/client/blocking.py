@@ -71,6 +71,7 @@ class SocketLink:
     async def exchange(self, request: bytes, replies: int, wait_s: float) -> list[Reply]:
         sock = self._sock
         reader = self._replies
+        got: list[Reply] = []
         try:
             deadline_s = self._timeout_s + wait_s
             if deadline_s != self._deadline_s:
@@ -81,7 +82,6 @@ class SocketLink:
                 first = reader.take_line_reply(sock.recv(_RECV_BYTES))
                 if first is not None:
                     return [first]
-            got: list[Reply] = []
             while len(got) < replies:
                 reply = reader.take()
                 if reply is not None:
@@ -89,15 +89,16 @@ class SocketLink:
                     continue
                 chunk = sock.recv(_RECV_BYTES)
                 if not chunk:
-                    raise ServerUnavailable(str(self._address), "connection closed by the server")
+                    raise ConnectionResetError("connection closed by the server")
                 reader.feed(chunk)
             return got
-        except ServerUnavailable:
-            self._usable = False
-            raise
         except (OSError, ProtocolViolation) as err:
             self._usable = False
-            raise ServerUnavailable(str(self._address), _describe(err)) from err
+            reset = isinstance(err, ConnectionResetError | BrokenPipeError)
+            stale = reset and not got and not reader.pending_bytes
+            raise ServerUnavailable(
+                str(self._address), _describe(err), replies=got, stale=stale
+            ) from err
 
     def close(self) -> None:
         self._usable = False

@@ -18,7 +18,13 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
 
 from kestrelpy.client import codecs
-from kestrelpy.client.errors import ClientError, ServerRefused, ServerUnavailable, UsageError
+from kestrelpy.client.errors import (
+    ClientError,
+    NoServerAvailable,
+    ServerRefused,
+    ServerUnavailable,
+    UsageError,
+)
 from kestrelpy.client.protocol import (
     DELETED,
     END,
@@ -97,47 +103,66 @@ class Engine:
         key = self._key(queue)
         body = self.codec.encode(data)
         request = set_request(key, self.codec.flags, expiry_s, body)
-        await self._write(request, 1, f"set {queue} ({len(body)} bytes)")
+        await self._write([request], f"set {queue} ({len(body)} bytes)")
 
     async def put_many(self, queue: str, items: Iterable[Any], expiry_s: int = 0) -> int:
         """Store every item, pipelined: the sets go out in writes of up to
         ``PUT_MANY_CHUNK`` items, each to one server. Returns how many were stored.
 
         Chunks bound what either side buffers (a million-item batch sent in one write
-        would fill both sockets' buffers and stall). A chunk whose server fails is sent to
-        the next one; chunks already acknowledged are not sent again."""
+        would fill both sockets' buffers and stall). What a failed server did not
+        acknowledge is sent to the next one; nothing acknowledged is sent again. An error
+        carries ``stored``: the items before it that are queued."""
         key = self._key(queue)
         codec = self.codec
         stored = 0
         for chunk in _batches(items, PUT_MANY_CHUNK):
             requests = [set_request(key, codec.flags, expiry_s, codec.encode(i)) for i in chunk]
             try:
-                await self._write(b"".join(requests), len(requests), f"set {queue} (batch)")
-            except ServerRefused as refused:
-                refused.stored += stored
+                await self._write(requests, f"set {queue} (batch)")
+            except (ServerRefused, NoServerAvailable) as err:
+                err.stored += stored
                 raise
             stored += len(requests)
         return stored
 
-    async def _write(self, request: bytes, count: int, what: str) -> None:
+    async def _write(self, requests: list[bytes], what: str) -> None:
+        """Send the sets to the first server that takes them all; a server that fails
+        after acknowledging some gets the rest sent elsewhere. A refusal (``NOT_STORED``,
+        an error line) is tried on the other servers only if nothing of the batch was
+        stored, since resending stored items would queue them twice."""
+        stored = 0
         refusal: ServerRefused | None = None
         for server in self.pool.writers():
+            request = requests[0] if len(requests) == 1 else b"".join(requests)
             try:
-                replies = await self._call(server, request, count)
-            except ServerUnavailable:
-                continue
-            stored = _stored_count(replies)
-            if stored == count:
+                replies = await self._call(server, request, len(requests))
+            except ServerUnavailable as err:
+                replies = err.replies  # an error line, then the server closed; or nothing
+                if not replies or _refusal(replies) == STORED:
+                    acknowledged = len(replies)
+                    stored += acknowledged
+                    requests = requests[acknowledged:]
+                    if not requests:
+                        return
+                    continue
+            refused = _refusal(replies)
+            if refused == STORED and len(replies) == len(requests):
+                self.pool.mark_writable(server)
                 return
-            refusal = ServerRefused(str(server), what, _refusal(replies).decode(), stored=stored)
+            refusal = ServerRefused(str(server), what, refused.decode(), stored=stored)
             if any(reply.line == STORED for reply in replies):
                 # part of the batch is queued there (not only a prefix: one item over a
                 # queue's max_item_size refuses alone): resending it would duplicate
+                refusal.stored += _stored_count(replies)
+                self._after_refusal(server, replies, writing=True)
                 raise refusal
-            self._after_refusal(server, replies)
+            self._after_refusal(server, replies, writing=True)
         if refusal is not None:
             raise refusal
-        raise self.pool.unavailable()
+        unavailable = self.pool.unavailable()
+        unavailable.stored = stored
+        raise unavailable
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -322,49 +347,87 @@ class Engine:
         self, server: ServerAddress, request: bytes, replies: int, wait_s: float = 0.0
     ) -> list[Reply]:
         """Send to one server, with any owed closes pipelined in front. A failure marks the
-        server down, voids the reads it held, and raises :class:`ServerUnavailable`."""
+        server down, voids the reads it held, and raises :class:`ServerUnavailable`.
+
+        A connection that had been idle may have been closed by the server meanwhile
+        (restart, ``client_timeout``): when a reused one fails before any reply, the
+        request goes once more on a fresh connection before the server counts as down.
+        The owed closes are not resent: the server put those items back when it saw the
+        old connection close."""
         closes = self._reads.take_finished(server)
         if closes:
             owed = b"".join(read_request(queue_key(q), close=True) for q in closes)
-            request = owed + request
-            replies += len(closes)
+            try:
+                got = await self._exchange(server, owed + request, replies + len(closes), wait_s)
+            except _StaleLink:
+                got = await self._exchange(server, request, replies, wait_s, fresh=True)
+                return got
+            return got[len(closes) :]
         if not replies:
             return []
         try:
-            link = self._links.get(server)
-            if link is not None and not link.usable:
-                self._drop(server)  # an exchange on it was cancelled: its replies are adrift
-                link = None
-            if link is None:
-                link = await self._connect(server, self.timeout_s)
-                raced = self._links.get(server)
-                if raced is not None and raced.usable:  # another task connected meanwhile
-                    link.close()
-                    link = raced
-                self._links[server] = link
+            return await self._exchange(server, request, replies, wait_s)
+        except _StaleLink:
+            return await self._exchange(server, request, replies, wait_s, fresh=True)
+
+    async def _exchange(
+        self,
+        server: ServerAddress,
+        request: bytes,
+        replies: int,
+        wait_s: float,
+        *,
+        fresh: bool = False,
+    ) -> list[Reply]:
+        link = self._links.get(server)
+        reused = link is not None and link.usable and not fresh
+        try:
+            if not reused:
+                link = await self._open_link(server)
+            assert link is not None
             got = await link.exchange(request, replies, wait_s)
         except ServerUnavailable as err:
             self._drop(server)
-            self.pool.mark_down(server, err.why)
+            if reused and err.stale:
+                raise _StaleLink from err
+            if not err.replies:  # it answered, then closed: refusing, not down
+                self.pool.mark_down(server, err.why)
             raise
         self.pool.mark_up(server)
-        return got[len(closes) :] if closes else got
+        return got
 
-    def _after_refusal(self, server: ServerAddress, replies: list[Reply]) -> None:
+    async def _open_link(self, server: ServerAddress) -> Link:
+        self._drop(server)  # a link made unusable (a cancelled exchange) goes first
+        link = await self._connect(server, self.timeout_s)
+        raced = self._links.get(server)
+        if raced is not None and raced.usable:  # another task connected meanwhile
+            link.close()
+            return raced
+        self._links[server] = link
+        return link
+
+    def _after_refusal(
+        self, server: ServerAddress, replies: list[Reply], *, writing: bool = False
+    ) -> None:
         """After an error line the server may close the connection (Kestrel closes after
         most), so the link is dropped. ``SERVER_ERROR`` also means "refusing for now"
-        (status, limits): back off from that server as from a dead one."""
+        (status, limits): back off from that server, for writes only when a write was
+        refused (a read-only server can still be drained)."""
         line = _refusal(replies)
         if line.startswith((b"SERVER_ERROR", b"CLIENT_ERROR", b"ERROR")):
             self._drop(server)
-        if line.startswith(b"SERVER_ERROR"):
-            self.pool.mark_down(server, line.decode())
+        if line.startswith(b"SERVER_ERROR") and b"too large" not in line:  # that one is ours
+            self.pool.mark_down(server, line.decode(), writes_only=writing)
 
     def _drop(self, server: ServerAddress) -> None:
         link = self._links.pop(server, None)
         if link is not None:
             link.close()
         self._reads.drop_server(server)
+
+
+class _StaleLink(Exception):
+    """A reused connection failed before any reply: retry once on a fresh one."""
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

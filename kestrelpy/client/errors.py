@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kestrelpy.errors import KestrelpyError
+
+if TYPE_CHECKING:
+    from kestrelpy.client.protocol import Reply
 
 
 class ClientError(KestrelpyError):
@@ -19,12 +23,18 @@ class UsageError(ClientError):
 
 class ServerUnavailable(ClientError):
     """A server could not be reached, timed out or dropped the connection. The client
-    marks it down and tries the others; callers see :class:`NoServerAvailable`."""
+    marks it down and tries the others, so most callers see :class:`NoServerAvailable`;
+    ``close`` and ``abort`` raise this one: the connection that held the read is gone, and
+    with it the read (the server has put the item back)."""
 
-    def __init__(self, server: str, why: str) -> None:
+    def __init__(
+        self, server: str, why: str, *, replies: Sequence[Reply] = (), stale: bool = False
+    ) -> None:
         super().__init__(f"{server}: {why}")
         self.server = server
         self.why = why
+        self.replies = list(replies)  # what did arrive before the failure, in order
+        self.stale = stale  # closed or reset before any reply: maybe an old idle connection
 
 
 class NoServerAvailable(ClientError):
@@ -35,6 +45,7 @@ class NoServerAvailable(ClientError):
         super().__init__(f"no server available ({detail}); next retry in {retry_in_s:.2f}s")
         self.failures = tuple(failures)
         self.retry_in_s = retry_in_s
+        self.stored = 0  # put_many: items stored (and acknowledged) before it was raised
 
 
 class ServerRefused(ClientError):

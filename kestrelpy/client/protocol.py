@@ -210,8 +210,8 @@ class PendingReplies(Generic[W]):
             raise ProtocolViolation("the server sent a reply nobody asked for")
         return done
 
-    def abandon(self) -> list[W]:
-        """The connection is gone: every waiter still owed replies."""
-        waiters = [waiter for waiter, _, _ in self._waiting]
+    def abandon(self) -> list[tuple[W, list[Reply]]]:
+        """The connection is gone: every waiter still owed replies, with those it got."""
+        waiters = [(waiter, got) for waiter, _, got in self._waiting]
         self._waiting.clear()
         return waiters

@@ -32,7 +32,10 @@ class ServerAddress(NamedTuple):
         """``host:port`` (``[v6]:port`` for IPv6). The port is required: a bare host is
         more often a typo than a wish for the default, and a silent guess hides it."""
         host, sep, port = text.strip().rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
+        if host.startswith("[") or host.endswith("]"):
+            if not (host.startswith("[") and host.endswith("]")):
+                raise UsageError(f"server {text!r}: expected host:port or [v6 address]:port")
+            host = host[1:-1]
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise UsageError(f"server {text!r}: expected host:port")
         return cls(host, int(port))
@@ -50,7 +53,8 @@ def parse_servers(servers: str | Sequence[str]) -> list[ServerAddress]:
 @dataclass(slots=True)
 class _Health:
     failures: int = 0
-    retry_at: float = 0.0
+    retry_at: float = 0.0  # down for everything until then
+    write_retry_at: float = 0.0  # refusing writes (read-only, full disk) until then
     last_error: str = ""
 
 
@@ -68,19 +72,39 @@ class ServerPool:
         self._clock = clock
         self._backoff_max_s = backoff_max_s
         self._health = {address: _Health() for address in self.addresses}
-        self._next_writer = 0
+        self._troubled = 0  # servers with failures: none means every server is up
+        self._writes = 0
         self._reader = 0
 
     def is_up(self, address: ServerAddress) -> bool:
         retry_at = self._health[address].retry_at
         return not retry_at or retry_at <= self._clock()
 
+    def _takes_writes(self, address: ServerAddress) -> bool:
+        health = self._health[address]
+        now = None
+        for until in (health.retry_at, health.write_retry_at):
+            if until:
+                now = self._clock() if now is None else now
+                if until > now:
+                    return False
+        return True
+
     def writers(self) -> Iterator[ServerAddress]:
-        """Servers to try for one write: each up server once, starting one further along
-        than the previous write started, so writes spread evenly."""
-        start = self._next_writer
-        self._next_writer = (start + 1) % len(self.addresses)
-        return self._up_from(start)
+        """Servers to try for one write: each server taking writes once, starting one
+        further along the servers taking writes than the previous write started, so writes
+        spread evenly over those (a down server's share is not dumped on its neighbour)."""
+        turn = self._writes
+        self._writes += 1
+        if not self._troubled:
+            count = len(self.addresses)
+            start = turn % count
+            return (self.addresses[(start + i) % count] for i in range(count))
+        candidates = [a for a in self.addresses if self._takes_writes(a)]
+        if not candidates:
+            return iter(())
+        start = turn % len(candidates)
+        return iter(candidates[start:] + candidates[:start])
 
     def readers(self, first: ServerAddress | None = None) -> Iterator[ServerAddress]:
         """Servers to try for one read: ``first`` if given and up (the one owed a close),
@@ -109,19 +133,38 @@ class ServerPool:
             if self.is_up(address):
                 yield address
 
-    def mark_down(self, address: ServerAddress, why: str) -> None:
+    def mark_down(self, address: ServerAddress, why: str, *, writes_only: bool = False) -> None:
+        """Back off from ``address``: for everything, or (a refused write) for writes only."""
         health = self._health[address]
+        if not health.failures:
+            self._troubled += 1
         health.failures += 1
         backoff = min(BACKOFF_START_S * 2 ** (health.failures - 1), self._backoff_max_s)
-        health.retry_at = self._clock() + backoff
+        if writes_only:
+            health.write_retry_at = self._clock() + backoff
+        else:
+            health.retry_at = self._clock() + backoff
         health.last_error = why
 
     def mark_up(self, address: ServerAddress) -> None:
+        """A success: clears a full backoff. A write backoff only ends with its time or a
+        successful write (:meth:`mark_writable`), since reads succeed on a read-only server."""
         health = self._health[address]
-        if health.failures:
-            health.failures = 0
+        if health.retry_at:
             health.retry_at = 0.0
+            self._settle(health)
+
+    def mark_writable(self, address: ServerAddress) -> None:
+        health = self._health[address]
+        if health.write_retry_at or health.retry_at:
+            health.write_retry_at = health.retry_at = 0.0
+            self._settle(health)
+
+    def _settle(self, health: _Health) -> None:
+        if health.failures and not health.retry_at and not health.write_retry_at:
+            health.failures = 0
             health.last_error = ""
+            self._troubled -= 1
 
     def unavailable(self) -> NoServerAvailable:
         """The error for "nothing could be tried": what each server last failed with, and
@@ -130,5 +173,7 @@ class ServerPool:
         failures = [
             f"{address}: {health.last_error or 'down'}" for address, health in self._health.items()
         ]
-        retry_in = min((h.retry_at for h in self._health.values()), default=now) - now
-        return NoServerAvailable(failures, max(retry_in, 0.0))
+        soonest = min(
+            (max(h.retry_at, h.write_retry_at) for h in self._health.values()), default=now
+        )
+        return NoServerAvailable(failures, max(soonest - now, 0.0))

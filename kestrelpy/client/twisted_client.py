@@ -42,6 +42,7 @@ class DeferredLink(Protocol):
         self._clock = clock
         self._pending: PendingReplies[Deferred[list[Reply]]] = PendingReplies()
         self._usable = True
+        self._closed_by_us = False  # then a lost connection is no stale idle one
 
     @property
     def usable(self) -> bool:
@@ -58,13 +59,15 @@ class DeferredLink(Protocol):
                 deferred.callback(replies)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._fail("connection closed")
+        self._fail("connection closed", closed=True)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, *, closed: bool = False) -> None:
         self._usable = False
-        for deferred in self._pending.abandon():
+        for deferred, got in self._pending.abandon():
             if not deferred.called:
-                deferred.errback(ServerUnavailable(str(self._address), why))
+                stale = closed and not got and not self._closed_by_us
+                error = ServerUnavailable(str(self._address), why, replies=got, stale=stale)
+                deferred.errback(error)
         transport: Any = self.transport
         if transport is not None and self.connected:
             transport.abortConnection()
@@ -85,6 +88,7 @@ class DeferredLink(Protocol):
 
     def close(self) -> None:
         self._usable = False
+        self._closed_by_us = True
         transport: Any = self.transport
         if transport is not None:
             transport.loseConnection()

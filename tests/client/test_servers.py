@@ -70,6 +70,8 @@ def test_parse_host_port(text: str, expected: ServerAddress) -> None:
         "host: 80",
         "host:80x",
         "[::1]",
+        "[::1:80",  # unbalanced brackets
+        "::1]:80",
     ],
 )
 def test_parse_refuses_bad_addresses(text: str) -> None:
@@ -124,8 +126,23 @@ def test_writes_skip_a_server_that_is_down() -> None:
     pool.mark_down(B, "connection refused")
     writes = Counter(first_writer(pool) for _ in range(30))
     assert B not in writes
-    assert writes[A] >= 10 and writes[C] >= 10  # every up server gets its share or more
-    assert list(pool.writers()) == [A, C]  # a write never tries a server in backoff
+    assert writes[A] == writes[C] == 15  # the down server's share is split, not dumped on C
+    assert sorted(pool.writers()) == [A, C]  # a write never tries a server in backoff
+
+
+def test_a_write_backoff_keeps_the_server_for_reads() -> None:
+    """A read-only server refuses writes but can still be drained."""
+    pool, clock = pool_of(A, B)
+    pool.mark_down(A, "SERVER_ERROR server is readonly", writes_only=True)
+    assert list(pool.writers()) == [B]
+    assert list(pool.writers()) == [B]
+    assert list(pool.readers()) == [A, B]
+    pool.mark_up(A)  # a read succeeded: writes are still refused until the backoff ends
+    assert list(pool.writers()) == [B]
+    clock.advance(1.0)
+    assert sorted(pool.writers()) == [A, B]
+    pool.mark_writable(A)
+    assert [first_writer(pool) for _ in range(4)] in ([A, B, A, B], [B, A, B, A])
 
 
 def test_no_writer_when_every_server_is_down() -> None:

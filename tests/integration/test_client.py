@@ -34,9 +34,10 @@ from kestrelpy.client import (
 )
 from kestrelpy.client.blocking import connect_socket
 from kestrelpy.client.engine import Engine
+from kestrelpy.client.servers import ServerAddress
 
 from .conftest import HOST as LOOPBACK
-from .conftest import Conn, ServerFactory, ServerProcess
+from .conftest import Conn, ServerFactory, ServerProcess, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -251,6 +252,25 @@ def test_asyncio_tasks_share_one_connection(shared_server: ServerProcess, qname:
 
     with shared_server.connect() as raw:
         asyncio.run(scenario(raw))
+
+
+def test_cancelling_one_asyncio_task_spares_the_others_on_its_connection(
+    shared_server: ServerProcess, qname: str
+) -> None:
+    """A cancelled wait's reply still arrives (and is dropped); the put pipelined behind it
+    on the same connection gets its own reply, and nothing is counted down."""
+
+    async def scenario() -> None:
+        async with AsyncClient(shared_server.address) as client:
+            await client.stats()  # connected: both requests below share the link
+            waiting = asyncio.ensure_future(client.get(qname + "_empty", timeout_ms=300))
+            putting = asyncio.ensure_future(client.put(qname, "behind"))
+            await asyncio.sleep(0)  # both sent (no timing: the loop runs each to its await)
+            waiting.cancel()
+            await putting  # would raise ServerUnavailable if the cancel failed the link
+            assert await client.get(qname) == "behind"
+
+    asyncio.run(scenario())
 
 
 def test_asyncio_concurrent_reads_get_their_own_replies(
@@ -472,6 +492,57 @@ def test_a_readonly_server_refuses_writes_with_server_error(
         assert f"{server.address} refused set {qname}" in str(refused.value)
     with server.connect() as raw:
         assert queue_stats(raw, qname).get("total_items", 0) == 0
+
+
+def test_a_readonly_server_is_still_drained_and_writes_go_elsewhere(
+    server_factory: ServerFactory, qname: str
+) -> None:
+    readonly, writable = server_factory(), server_factory()
+    with readonly.connect() as raw:
+        raw.set(qname, b'"old"')
+        assert raw.request(b"status readonly") == b"END\r\n"
+    with Client([readonly.address, writable.address]) as client:
+        for n in range(4):
+            client.put(qname, n)  # one lands on the read-only server: refused, sent on
+        assert client.get(qname) == "old"  # backing off from its writes, not its reads
+    assert items_on(writable, qname) == 4
+
+
+def test_an_item_too_large_in_a_batch_is_not_resent_and_nothing_backs_off(
+    server_factory: ServerFactory, qname: str
+) -> None:
+    """``SERVER_ERROR object too large`` closes the connection after the items before it
+    were stored: those are not sent again elsewhere, and the server is not counted down."""
+    config = '[server]\nitem_size_max = "1KB"\n'
+    servers = [server_factory(config) for _ in range(2)]
+    with Client([srv.address for srv in servers]) as client:
+        with pytest.raises(ServerRefused) as refused:
+            client.put_many(qname, ["a", "b", "x" * 2000, "c"])
+        assert refused.value.reply == "SERVER_ERROR object too large"
+        assert refused.value.stored == 2
+        assert [items_on(srv, qname) for srv in servers] == [2, 0]
+        assert client.engine.pool.is_up(ServerAddress.parse(servers[0].address))
+        client.put(qname, "next")  # the rotation goes on: the second server
+    assert [items_on(srv, qname) for srv in servers] == [2, 1]
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_at_once(
+    server_factory: ServerFactory, qname: str
+) -> None:
+    """``client_timeout`` (or a restart) closes an idle connection; the next operation
+    goes out on a fresh one instead of failing and backing off from a healthy server."""
+    srv = server_factory('[server]\nclient_timeout = "200ms"\n')
+    with Client(srv.address) as client:
+        client.put(qname, 1)
+        wait_until(lambda: srv_connections(srv) == 1, 10, "the idle client connection closed", srv)
+        client.put(qname, 2)
+        assert [client.get(qname), client.get(qname)] == [1, 2]
+
+
+def srv_connections(srv: ServerProcess) -> int:
+    """curr_connections, counting the probe itself."""
+    with srv.connect() as raw:
+        return int(raw.stats()["curr_connections"])
 
 
 def test_a_quiescent_server_refuses_reads_with_server_error(
