@@ -5,9 +5,11 @@ returns (``preserve_flags``). Kestrel dropped flags, and a PHP or shell producer
 flags 0 means "no mark": the reader decodes with its own configured codec. A mark this
 module does not know is refused with :class:`DecodeError` rather than guessed at.
 
-The marks are ``0x4B50`` ("KP") in the high half and a codec number in the low half, so
-they never collide with the small type bits other memcache clients put in flags
-(pymemcache's serde, PHP's serializer bits).
+The marks are ``0x4B`` ("K") in the top byte and a codec number in the next one, with the
+low half zero: other memcache clients read their own type and compression bits there
+(pymemcache's serde, pylibmc, PHP's memcached extension: type in bits 0-3, compression in
+4-7), so to all of them a marked item is a plain string and a PHP worker can read what a
+kestrelpy producer wrote. (Marks in the low half made PHP take JSON for an integer, 0.)
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 
 from kestrelpy.client.errors import DecodeError, UsageError
 
-_MARK = 0x4B50_0000
-_MARK_MASK = 0xFFFF_0000
+_MARK = 0x4B00_0000
+_MARK_MASK = 0xFF00_FFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +66,9 @@ def _msgpack_decode(body: bytes) -> Any:
     return _msgpack().unpackb(body, raw=False)
 
 
-JSON = Codec("json", _MARK | 1, _json_encode, json.loads)
-RAW = Codec("raw", _MARK | 2, _raw_encode, bytes)
-MSGPACK = Codec("msgpack", _MARK | 3, _msgpack_encode, _msgpack_decode)
+JSON = Codec("json", _MARK | 1 << 16, _json_encode, json.loads)
+RAW = Codec("raw", _MARK | 2 << 16, _raw_encode, bytes)
+MSGPACK = Codec("msgpack", _MARK | 3 << 16, _msgpack_encode, _msgpack_decode)
 
 CODECS: dict[str, Codec] = {codec.name: codec for codec in (JSON, RAW, MSGPACK)}
 _BY_FLAGS: dict[int, Codec] = {codec.flags: codec for codec in CODECS.values()}

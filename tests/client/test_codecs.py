@@ -28,9 +28,13 @@ MSGPACK_DATA = _documents(st.integers(-(2**63), 2**64 - 1))  # msgpack's integer
 
 
 def test_the_marks_are_the_documented_numbers() -> None:
-    assert JSON.flags == 0x4B500001
-    assert RAW.flags == 0x4B500002
-    assert MSGPACK.flags == 0x4B500003
+    assert JSON.flags == 0x4B010000
+    assert RAW.flags == 0x4B020000
+    assert MSGPACK.flags == 0x4B030000
+    # the low half stays clear: PHP's memcached extension reads its value type in bits 0-3
+    # and compression in 4-7, pymemcache and pylibmc their serde bits: to them a marked
+    # item is a plain string
+    assert all(codec.flags & 0xFFFF == 0 for codec in CODECS.values())
     assert all(0 < codec.flags < 2**31 for codec in CODECS.values())  # the server's range
     assert sorted(CODECS) == ["json", "msgpack", "raw"]
 
@@ -82,7 +86,7 @@ def test_flags_zero_means_the_readers_codec() -> None:
 
 @pytest.mark.parametrize(
     "flags",
-    [1, 2, 16, 0x4B500000, 0x4B500004, 0x4B510001, 0x0B500001, 2**31 - 1],
+    [1, 2, 16, 0x4B000000, 0x4B040000, 0x4B010001, 0x0B010000, 0x4B500001, 2**31 - 1],
 )
 def test_unknown_flags_are_refused_with_the_item(flags: int) -> None:
     with pytest.raises(DecodeError, match=f"unknown flags {flags}") as caught:
