@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Coroutine, Iterable
+from contextlib import suppress
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from kestrelpy.client import codecs
@@ -48,7 +48,14 @@ def _blocking(
 
     @functools.wraps(operation)
     def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return run_to_end(operation(self.engine, *args, **kwargs))
+        coroutine = operation(self.engine, *args, **kwargs)
+        try:
+            coroutine.send(None)  # run_to_end, inlined: one frame less per operation
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        coroutine.close()
+        raise RuntimeError("a blocking-client operation tried to suspend")
 
     return method
 
@@ -78,7 +85,7 @@ class SocketLink:
                 sock.settimeout(deadline_s)
                 self._deadline_s = deadline_s
             sock.sendall(request)
-            if replies == 1 and not reader.pending_bytes:
+            if replies == 1:
                 first = reader.take_line_reply(sock.recv(_RECV_BYTES))
                 if first is not None:
                     return [first]
@@ -159,26 +166,42 @@ class Client:
     flush_closes = _blocking(Engine.flush_closes)
     disconnect = _blocking(Engine.disconnect)
 
-    @contextmanager
-    def reliable(self, queue: str, timeout_ms: int = 0) -> Iterator[Any]:
+    def reliable(self, queue: str, timeout_ms: int = 0) -> _ReliableRead:
         """Open one item of ``queue`` for the ``with`` block: closed when the block ends
         normally, aborted (back to the head of the queue) when it raises. Yields None when
         every server is empty. The close is sent with this client's next request to that
         server (one round trip per job in a loop), or at :meth:`disconnect`."""
-        job = self.open(queue, timeout_ms)
-        if not self.engine.holds(queue):
-            yield job
-            return
-        try:
-            yield job
-        except BaseException:
-            with suppress(ClientError):  # if the link is gone, so is the read: item is back
-                self.abort(queue)
-            raise
-        self.engine.finish(queue)
+        return _ReliableRead(self, queue, timeout_ms)
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.disconnect()
+
+
+class _ReliableRead:
+    """:meth:`Client.reliable`'s context manager: a class, not a generator, since it runs
+    once per job in a worker loop."""
+
+    __slots__ = ("_client", "_held", "_queue", "_timeout_ms")
+
+    def __init__(self, client: Client, queue: str, timeout_ms: int) -> None:
+        self._client = client
+        self._queue = queue
+        self._timeout_ms = timeout_ms
+        self._held = False
+
+    def __enter__(self) -> Any:
+        job = self._client.open(self._queue, self._timeout_ms)
+        self._held = self._client.engine.holds(self._queue)
+        return job
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if not self._held:
+            return
+        if exc_type is None:
+            self._client.engine.finish(self._queue)
+            return
+        with suppress(ClientError):  # if the link is gone, so is the read: item is back
+            self._client.abort(self._queue)

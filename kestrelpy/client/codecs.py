@@ -35,8 +35,21 @@ class Codec:
     decode: Callable[[bytes], Any]
 
 
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+_JSON_DECODER = json.JSONDecoder()
+
+
+def _json_decode(body: bytes) -> Any:
+    # UTF-8, as every JSON producer here writes it; json.loads would first sniff for
+    # UTF-16/32 in Python code, on every item
+    return _JSON_DECODER.decode(body.decode())
+
+
 def _json_encode(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    # one encoder for every item: json.dumps with arguments builds a new one per call
+    return _JSON_ENCODER.encode(data).encode()
 
 
 def _raw_encode(data: Any) -> bytes:
@@ -66,7 +79,7 @@ def _msgpack_decode(body: bytes) -> Any:
     return _msgpack().unpackb(body, raw=False)
 
 
-JSON = Codec("json", _MARK | 1 << 16, _json_encode, json.loads)
+JSON = Codec("json", _MARK | 1 << 16, _json_encode, _json_decode)
 RAW = Codec("raw", _MARK | 2 << 16, _raw_encode, bytes)
 MSGPACK = Codec("msgpack", _MARK | 3 << 16, _msgpack_encode, _msgpack_decode)
 

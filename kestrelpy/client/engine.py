@@ -103,7 +103,7 @@ class Engine:
         key = self._key(queue)
         body = self.codec.encode(data)
         request = set_request(key, self.codec.flags, expiry_s, body)
-        await self._write([request], f"set {queue} ({len(body)} bytes)")
+        await self._write([request], queue, len(body))
 
     async def put_many(self, queue: str, items: Iterable[Any], expiry_s: int = 0) -> int:
         """Store every item, pipelined: the sets go out in writes of up to
@@ -119,14 +119,14 @@ class Engine:
         for chunk in _batches(items, PUT_MANY_CHUNK):
             requests = [set_request(key, codec.flags, expiry_s, codec.encode(i)) for i in chunk]
             try:
-                await self._write(requests, f"set {queue} (batch)")
+                await self._write(requests, queue)
             except (ServerRefused, NoServerAvailable) as err:
                 err.stored += stored
                 raise
             stored += len(requests)
         return stored
 
-    async def _write(self, requests: list[bytes], what: str) -> None:
+    async def _write(self, requests: list[bytes], queue: str, size: int | None = None) -> None:
         """Send the sets to the first server that takes them all; a server that fails
         after acknowledging some gets the rest sent elsewhere. A refusal (``NOT_STORED``,
         an error line) is tried on the other servers only if nothing of the batch was
@@ -146,10 +146,14 @@ class Engine:
                     if not requests:
                         return
                     continue
+            if len(replies) == 1 == len(requests) and replies[0].line == STORED:
+                self.pool.mark_writable(server)
+                return
             refused = _refusal(replies)
             if refused == STORED and len(replies) == len(requests):
                 self.pool.mark_writable(server)
                 return
+            what = f"set {queue} (batch)" if size is None else f"set {queue} ({size} bytes)"
             refusal = ServerRefused(str(server), what, refused.decode(), stored=stored)
             if any(reply.line == STORED for reply in replies):
                 # part of the batch is queued there (not only a prefix: one item over a
@@ -365,6 +369,16 @@ class Engine:
             return got[len(closes) :]
         if not replies:
             return []
+        link = self._links.get(server)
+        if link is not None and link.usable:  # the common case, without _exchange's frame
+            try:
+                got = await link.exchange(request, replies, wait_s)
+            except ServerUnavailable as err:
+                if self._failed(server, err, reused=True):
+                    return await self._exchange(server, request, replies, wait_s, fresh=True)
+                raise
+            self.pool.mark_up(server)
+            return got
         try:
             return await self._exchange(server, request, replies, wait_s)
         except _StaleLink:
@@ -387,14 +401,21 @@ class Engine:
             assert link is not None
             got = await link.exchange(request, replies, wait_s)
         except ServerUnavailable as err:
-            self._drop(server)
-            if reused and err.stale:
+            if self._failed(server, err, reused=reused):
                 raise _StaleLink from err
-            if not err.replies:  # it answered, then closed: refusing, not down
-                self.pool.mark_down(server, err.why)
             raise
         self.pool.mark_up(server)
         return got
+
+    def _failed(self, server: ServerAddress, err: ServerUnavailable, *, reused: bool) -> bool:
+        """A link failed: drop it and, unless it was a stale idle link (True: send again
+        on a fresh one), count the server down."""
+        self._drop(server)
+        if reused and err.stale:
+            return True
+        if not err.replies:  # it answered, then closed: refusing, not down
+            self.pool.mark_down(server, err.why)
+        return False
 
     async def _open_link(self, server: ServerAddress) -> Link:
         self._drop(server)  # a link made unusable (a cancelled exchange) goes first

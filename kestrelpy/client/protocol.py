@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from kestrelpy.client.errors import UsageError
 
 MAX_KEY_BYTES = 250  # every memcache client's cap, and the server's: name plus options
 
 
-@dataclass(frozen=True, slots=True)
-class Value:
-    """One ``VALUE <key> <flags> <n>`` block of a reply."""
+class Value(NamedTuple):
+    """One ``VALUE <key> <flags> <n>`` block of a reply. A NamedTuple: built per item
+    read, and a frozen dataclass's ``__init__`` costs several times as much."""
 
     key: bytes
     flags: int
@@ -60,6 +60,24 @@ def set_request(key: bytes, flags: int, expiry_s: int, body: bytes) -> bytes:
     return b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expiry_s, len(body), body)
 
 
+_READ_OPTIONS = {
+    (close, open_, abort, peek): b"".join(
+        word
+        for word, on in (
+            (b"/close", close),
+            (b"/open", open_),
+            (b"/abort", abort),
+            (b"/peek", peek),
+        )
+        if on
+    )
+    for close in (False, True)
+    for open_ in (False, True)
+    for abort in (False, True)
+    for peek in (False, True)
+}
+
+
 def read_request(
     key: bytes,
     *,
@@ -70,19 +88,10 @@ def read_request(
     peek: bool = False,
 ) -> bytes:
     """``get <queue>[/close][/open][/abort][/peek][/t=N]``: Kestrel's read options."""
-    parts = [b"get ", key]
-    if close:
-        parts.append(b"/close")
-    if open_:
-        parts.append(b"/open")
-    if abort:
-        parts.append(b"/abort")
-    if peek:
-        parts.append(b"/peek")
+    options = _READ_OPTIONS[close, open_, abort, peek]
     if timeout_ms > 0:
-        parts.append(b"/t=%d" % timeout_ms)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        return b"get %s%s/t=%d\r\n" % (key, options, timeout_ms)
+    return b"get " + key + options + b"\r\n"
 
 
 def command_request(*words: bytes) -> bytes:
@@ -108,16 +117,29 @@ class ReplyReader:
         self._buf += data
 
     def take_line_reply(self, data: bytes) -> Reply | None:
-        """The fast path for a one-line reply (``STORED``, ``END``) arriving whole in one
-        read with nothing buffered: returned without copying through the buffer. Anything
-        else is fed to the buffer and None is returned; :meth:`take` carries on."""
-        if (
-            not self._buf
-            and not self._values  # a VALUE block or STAT line already taken belongs to
-            and not self._stats  # the reply this line closes: leave it to take()
-            and data.endswith(b"\r\n")
+        """The fast path for a reply arriving whole in one read with nothing buffered: a
+        one-line reply (``STORED``, ``END``) or one ``VALUE`` block and ``END``, returned
+        without copying through the buffer. Anything else is fed to the buffer and None
+        is returned; :meth:`take` carries on."""
+        if self._buf or self._values or self._stats:
+            self._buf += data
+            return None
+        if data == b"STORED\r\n":
+            return Reply(STORED, [], [])
+        if data.startswith(b"VALUE "):
+            head_end = data.find(b"\r\n")
+            if head_end > 0 and data.endswith(b"\r\nEND\r\n"):
+                header = data[6:head_end].split(b" ")
+                if len(header) in (3, 4) and header[1].isdigit() and header[2].isdigit():
+                    start = head_end + 2
+                    stop = start + int(header[2])
+                    if stop + 7 == len(data):
+                        value = Value(header[0], int(header[1]), data[start:stop])
+                        return Reply(END, [value], [])
+        elif (
+            data.endswith(b"\r\n")
             and data.find(b"\r\n") == len(data) - 2
-            and not data.startswith((b"VALUE ", b"STAT "))
+            and not data.startswith(b"STAT ")
         ):
             return Reply(data[:-2], [], [])
         self._buf += data

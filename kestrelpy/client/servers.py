@@ -75,6 +75,10 @@ class ServerPool:
         self._troubled = 0  # servers with failures: none means every server is up
         self._writes = 0
         self._reader = 0
+        # every rotation of the servers, for the common case of all up: no generators
+        self._rotations = tuple(
+            self.addresses[i:] + self.addresses[:i] for i in range(len(self.addresses))
+        )
 
     def is_up(self, address: ServerAddress) -> bool:
         retry_at = self._health[address].retry_at
@@ -97,9 +101,7 @@ class ServerPool:
         turn = self._writes
         self._writes += 1
         if not self._troubled:
-            count = len(self.addresses)
-            start = turn % count
-            return (self.addresses[(start + i) % count] for i in range(count))
+            return iter(self._rotations[turn % len(self._rotations)])
         candidates = [a for a in self.addresses if self._takes_writes(a)]
         if not candidates:
             return iter(())
@@ -109,6 +111,14 @@ class ServerPool:
     def readers(self, first: ServerAddress | None = None) -> Iterator[ServerAddress]:
         """Servers to try for one read: ``first`` if given and up (the one owed a close),
         then the reader's current server, then the rest; each once."""
+        if not self._troubled:
+            order = self._rotations[self._reader]
+            if first is None or first == order[0]:
+                return iter(order)
+            return iter((first, *(a for a in order if a != first)))
+        return self._readers_slow(first)
+
+    def _readers_slow(self, first: ServerAddress | None) -> Iterator[ServerAddress]:
         if first is None:
             yield from self._up_from(self._reader)
             return
@@ -120,7 +130,8 @@ class ServerPool:
 
     def read_from(self, address: ServerAddress) -> None:
         """Stay on ``address``: it just handed out an item."""
-        self._reader = self.addresses.index(address)
+        if self.addresses[self._reader] != address:
+            self._reader = self.addresses.index(address)
 
     def move_reader_on(self) -> None:
         """Every server was empty: the next read (and its wait) starts on the next one."""
@@ -149,12 +160,16 @@ class ServerPool:
     def mark_up(self, address: ServerAddress) -> None:
         """A success: clears a full backoff. A write backoff only ends with its time or a
         successful write (:meth:`mark_writable`), since reads succeed on a read-only server."""
+        if not self._troubled:
+            return
         health = self._health[address]
         if health.retry_at:
             health.retry_at = 0.0
             self._settle(health)
 
     def mark_writable(self, address: ServerAddress) -> None:
+        if not self._troubled:
+            return
         health = self._health[address]
         if health.write_retry_at or health.retry_at:
             health.write_retry_at = health.retry_at = 0.0
