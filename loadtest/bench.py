@@ -95,6 +95,11 @@ class Scenario:
     inline: Callable[[Server], dict[str, Any]] | None = field(default=None, compare=False)
 
 
+def client_cpu(what: str, loop: str) -> Metric:
+    """The client's CPU per operation in one loop of client_bench."""
+    return Metric(f"client CPU per {what}", ("loops", loop, "cpu_us_per_op"), "us")
+
+
 def scenarios(full: bool, quick: bool) -> list[Scenario]:
     """The standard set. Counts are in loadtest/README.md; keep the two in step."""
     run_s = "3" if quick else "10"
@@ -204,6 +209,27 @@ def scenarios(full: bool, quick: bool) -> list[Scenario]:
                 Metric("delivery p99", ("delivery", "p99_ms"), "ms"),
             ),
             180,
+        ),
+        Scenario(
+            "client",
+            "client: kestrelpy.client vs bare pymemcache, 1 conn each, 10 B "
+            "(x: ratio to the pymemcache loop, same run)",
+            "client_bench",
+            ("--rounds", "2", "--ops", "500") if quick else ("--rounds", "6", "--ops", "5000"),
+            (
+                Metric("pymemcache set", ("loops", "set", "ops_per_s"), "ops/s"),
+                Metric("Client.put", ("ratios", "put"), "x"),
+                Metric("Client.put_many (batches of 100), items", ("ratios", "put_many"), "x"),
+                Metric("pymemcache get close/open", ("loops", "get_open", "ops_per_s"), "ops/s"),
+                Metric("Client.reliable", ("ratios", "reliable"), "x"),
+                client_cpu("pymemcache set", "set"),
+                client_cpu("put", "put"),
+                client_cpu("put_many item", "put_many"),
+                client_cpu("pymemcache get", "get_open"),
+                client_cpu("reliable read", "reliable"),
+            ),
+            300,
+            kestrelpy_only=True,
         ),
         Scenario(
             "idle",
@@ -632,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda text: text.split(","),
         default=None,
         help="comma list of flood10, flood10_metrics, scrape10k, flood100, fairness, packing, "
-        "many_clients, idle",
+        "many_clients, client, idle",
     )
     parser.add_argument(
         "--output", type=Path, default=ROOT / "loadtest" / "RESULTS.md", help="results file"
