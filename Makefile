@@ -31,8 +31,8 @@ test: $(VENV)/.installed-test system-deps
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check kestrelpy tests loadtest
-	$(BIN)/ruff format --check kestrelpy tests loadtest
+	$(BIN)/ruff check kestrelpy tests loadtest examples
+	$(BIN)/ruff format --check kestrelpy tests loadtest examples
 	$(BIN)/mypy kestrelpy
 
 typecheck: $(VENV)/.installed-test

@@ -1,7 +1,10 @@
-"""``kestrelpy`` command line: ``serve``, ``stats``, ``top``, ``dump-store``.
+"""``kestrelpy`` command line: ``serve``, ``stats``, ``top``, ``dump-store``, ``consume``,
+``produce``.
 
 The only module that imports the global reactor. A user error prints one line on stderr
-and exits 2, never a traceback.
+and exits 2, never a traceback. ``consume`` and ``produce`` run under supervisors and in
+scripts, whose logs keep only what a line says: their argument errors are one line too,
+with a short usage in place of argparse's multi-line one.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from kestrelpy import __version__
 from kestrelpy.errors import KestrelpyError
@@ -22,9 +25,32 @@ class UsageError(KestrelpyError):
     """A mistake on the command line or in the environment the user can fix."""
 
 
+CONSUME_USAGE = (
+    "kestrelpy consume -s HOST:PORT[,...] -q QUEUE [options] "
+    "(-- COMMAND... | --handler MODULE:FUNCTION | --jobs MODULE)"
+)
+PRODUCE_USAGE = (
+    "kestrelpy produce -s HOST:PORT[,...] -q QUEUE [-e ENV] [--job NAME [--instance I]] [DATA | -]"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand parser; with ``one_line_usage``, an argument error is one stderr line
+    ending in that usage (exit 2) instead of argparse's usage block."""
+
+    def __init__(self, *args: Any, one_line_usage: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.one_line_usage = one_line_usage
+
+    def error(self, message: str) -> NoReturn:
+        if self.one_line_usage is None:
+            super().error(message)
+        self.exit(2, f"{self.prog}: {message} (usage: {self.one_line_usage})\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 2
@@ -38,12 +64,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parse_args``, except that a subcommand's unknown arguments are reported by the
+    subcommand's parser (argparse reports them from the top one, with its usage)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        message = "unrecognized arguments: " + " ".join(extras)  # argparse's own wording
+        sub: argparse.ArgumentParser = getattr(args, "parser", parser)
+        if getattr(args, "command", None):
+            message += " (put -- before a COMMAND that has options)"
+        sub.error(message)
+    return args
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kestrelpy", description="A durable, Kestrel-compatible message queue server."
     )
     parser.add_argument("--version", action="version", version=f"kestrelpy {__version__}")
-    commands = parser.add_subparsers(title="commands")
+    commands = parser.add_subparsers(title="commands", parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -78,7 +117,72 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--data-dir", type=Path, required=True)
     dump.add_argument("--json", action="store_true", help="one JSON object")
     dump.set_defaults(run=cmd_dump_store)
+
+    _add_consume(commands)
+    _add_produce(commands)
     return parser
+
+
+def _add_consume(commands: Any) -> None:
+    """Values are plain strings here; kestrelpy.jobs.cli checks them, naming the flag."""
+    consume = commands.add_parser(
+        "consume",
+        help="run jobs from a queue (a worker)",
+        one_line_usage=CONSUME_USAGE,
+        usage="%(prog)s -s HOST:PORT[,...] -q QUEUE [-e ENV] [-m N] [-d] [--concurrency N]\n"
+        "         [--timeout-ms MS] [--max-retries N [--backoff-s S]]\n"
+        "         (-- COMMAND... | --handler MODULE:FUNCTION | --jobs MODULE)",
+        description="Take jobs from QUEUE with reliable reads and run each with COMMAND, a "
+        "Python function, or the @job handlers of a module. A job is confirmed only when it "
+        "is done: a worker that dies mid-job loses nothing, the job is delivered again.",
+        epilog="COMMAND gets the item as JSON on stdin and in $KESTRELPY_JOB, with "
+        "$KESTRELPY_JOB_NAME, $KESTRELPY_QUEUE, $KESTRELPY_ATTEMPT (and $KESTRELPY_INSTANCE); "
+        "exit status 0 is success. MODULE is imported with the current directory first on "
+        "sys.path. SIGTERM or SIGINT: finish running jobs, then exit 0; a second one: kill "
+        "them and exit now (their items go back on the queue).",
+    )
+    consume.add_argument("-s", "--server", metavar="HOST:PORT[,...]", help="servers (required)")
+    consume.add_argument("-q", "--queue", help="queue to read (required)")
+    consume.add_argument("-e", "--env", metavar="ENV", help="read ENV_QUEUE instead of QUEUE")
+    consume.add_argument("-m", "--max-jobs", metavar="N", help="exit 0 after N jobs")
+    consume.add_argument("-d", "--debug", action="store_true", help="one line per job on stdout")
+    consume.add_argument(
+        "--concurrency", metavar="N", help="jobs run at once, each on its own connection (1)"
+    )
+    consume.add_argument("--timeout-ms", metavar="MS", help="how long a read waits (500)")
+    consume.add_argument(
+        "--max-retries",
+        metavar="N",
+        help="retry a failed job N times (at the tail, after a backoff), then put it on "
+        "QUEUE_errors; without it a failed job is aborted: back at the head, retried forever",
+    )
+    consume.add_argument(
+        "--backoff-s", metavar="S", help="first retry delay, doubling per retry up to 60 (1)"
+    )
+    runner = consume.add_mutually_exclusive_group()
+    runner.add_argument("--handler", metavar="MODULE:FUNCTION", help="call FUNCTION(data, job)")
+    runner.add_argument("--jobs", metavar="MODULE", help="dispatch to MODULE's @job handlers")
+    consume.add_argument("command", nargs="*", metavar="COMMAND", help="after --: run per job")
+    consume.set_defaults(run=cmd_consume, parser=consume)
+
+
+def _add_produce(commands: Any) -> None:
+    produce = commands.add_parser(
+        "produce",
+        help="put jobs (or plain JSON values) on a queue",
+        one_line_usage=PRODUCE_USAGE,
+        usage="%(prog)s -s HOST:PORT[,...] -q QUEUE [-e ENV] [--job NAME [--instance I]]\n"
+        "         [DATA | -]",
+        description="Put DATA, or each line of stdin (one JSON value per line, blank lines "
+        "skipped), on QUEUE. With --job, each value becomes the data of a job envelope.",
+    )
+    produce.add_argument("-s", "--server", metavar="HOST:PORT[,...]", help="servers (required)")
+    produce.add_argument("-q", "--queue", help="queue to write (required)")
+    produce.add_argument("-e", "--env", metavar="ENV", help="write ENV_QUEUE instead of QUEUE")
+    produce.add_argument("--job", metavar="NAME", help="wrap each value in a job envelope")
+    produce.add_argument("--instance", metavar="I", help="the envelope's instance")
+    produce.add_argument("data", nargs="?", metavar="DATA", help="JSON text; - or none: stdin")
+    produce.set_defaults(run=cmd_produce, parser=produce)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -194,3 +298,23 @@ def cmd_dump_store(args: argparse.Namespace) -> int:
     from kestrelpy.admin import print_store
 
     return print_store(args.data_dir, as_json=args.json)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from kestrelpy.jobs.cli import CommandLineError, consume
+
+    try:
+        return consume(args)
+    except CommandLineError as err:
+        parser: _Parser = args.parser
+        parser.error(str(err))
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from kestrelpy.jobs.cli import CommandLineError, produce
+
+    try:
+        return produce(args)
+    except CommandLineError as err:
+        parser: _Parser = args.parser
+        parser.error(str(err))

@@ -98,11 +98,15 @@ class Engine:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def put(self, queue: str, data: Any, expiry_s: int = 0) -> None:
-        """Store one item on one server (the next in rotation that is up)."""
+    async def put(
+        self, queue: str, data: Any, expiry_s: int = 0, *, codec: str | codecs.Codec | None = None
+    ) -> None:
+        """Store one item on one server (the next in rotation that is up). ``codec``: this
+        item's codec, when not the client's (a dead letter kept as the bytes read, say)."""
         key = self._key(queue)
-        body = self.codec.encode(data)
-        request = set_request(key, self.codec.flags, expiry_s, body)
+        use = self.codec if codec is None else codecs.codec_named(codec)
+        body = use.encode(data)
+        request = set_request(key, use.flags, expiry_s, body)
         await self._write([request], queue, len(body))
 
     async def put_many(self, queue: str, items: Iterable[Any], expiry_s: int = 0) -> int:
@@ -248,6 +252,11 @@ class Engine:
         self._reads.release(queue)
         await self._call(held.server, read_request(self._key(queue), close=True), 1)
         return True
+
+    def held_server(self, queue: str) -> str | None:
+        """``host:port`` of the server holding this client's open read of ``queue``."""
+        held = self._reads.get(queue)
+        return str(held.server) if held is not None else None
 
     def holds(self, queue: str) -> bool:
         """True while a reliable read of ``queue`` is open and not yet finished."""
