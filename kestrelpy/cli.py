@@ -29,6 +29,9 @@ CONSUME_USAGE = (
     "kestrelpy consume -s HOST:PORT[,...] -q QUEUE [options] "
     "(-- COMMAND... | --handler MODULE:FUNCTION | --jobs MODULE)"
 )
+ROUTER_RUN_USAGE = (
+    "kestrelpy router run --interface NAME --config FILE [--queue Q]... [--mode flush|consume|all]"
+)
 PRODUCE_USAGE = (
     "kestrelpy produce -s HOST:PORT[,...] -q QUEUE [-e ENV] [--job NAME [--instance I]] [DATA | -]"
 )
@@ -120,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_consume(commands)
     _add_produce(commands)
+    _add_router(commands)
     return parser
 
 
@@ -164,6 +168,27 @@ def _add_consume(commands: Any) -> None:
     runner.add_argument("--jobs", metavar="MODULE", help="dispatch to MODULE's @job handlers")
     consume.add_argument("command", nargs="*", metavar="COMMAND", help="after --: run per job")
     consume.set_defaults(run=cmd_consume, parser=consume)
+
+
+def _add_router(commands: Any) -> None:
+    router = commands.add_parser("router", help="the message router (kestrelpy.router)")
+    actions = router.add_subparsers(title="router commands", parser_class=_Parser)
+    run = actions.add_parser(
+        "run",
+        help="one processing run of an interface (what send.on_exit starts at exit)",
+        one_line_usage=ROUTER_RUN_USAGE,
+    )
+    run.add_argument("--interface", required=True, help="the interface to run")
+    run.add_argument("--config", type=Path, help="a TOML file with a [router] table")
+    run.add_argument("--config-json", help=argparse.SUPPRESS)  # the at-exit child's config
+    run.add_argument("--delete-config", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--queue", action="append", help="a queue to run (repeatable)")
+    run.add_argument(
+        "--mode",
+        choices=("flush", "consume", "all"),
+        help="what to do (default: the interface's send.on_exit)",
+    )
+    run.set_defaults(run=cmd_router_run, parser=run)
 
 
 def _add_produce(commands: Any) -> None:
@@ -318,3 +343,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     except CommandLineError as err:
         parser: _Parser = args.parser
         parser.error(str(err))
+
+
+def cmd_router_run(args: argparse.Namespace) -> int:
+    from kestrelpy.router.cli import run_command
+
+    return run_command(args)

@@ -1,8 +1,9 @@
 """LMDB access: open the environment, commit one batch per write transaction, read back.
 
-The only module that imports ``lmdb``. The layout of the environment is described, and
-encoded, in :mod:`kestrelpy.storage.layout`; when batches are committed is the business of
-:mod:`kestrelpy.commits`, which hands :meth:`LmdbStorage.commit` one batch at a time.
+With ``shared_queues`` (the router's store), the only code that imports ``lmdb``. The
+layout of the environment is described, and encoded, in :mod:`kestrelpy.storage.layout`;
+when batches are committed is the business of :mod:`kestrelpy.commits`, which hands
+:meth:`LmdbStorage.commit` one batch at a time.
 """
 
 from __future__ import annotations

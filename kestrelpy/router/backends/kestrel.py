@@ -1,0 +1,104 @@
+"""The ``kestrel`` backend: queues on kestrelpy (or Kestrel) servers, through the bundled
+client, with reliable reads.
+
+A message is one queue item (``wire.pack``), written with the raw codec so other memcache
+clients see exactly those bytes. ``take`` is a reliable read (``get q/open``): the item
+stays reserved to this connection until ``ack`` (``/close``) or ``release`` (``/abort``,
+back to the head), and a consumer that dies has it back on the queue when the server sees
+the connection close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from typing import Any
+
+from kestrelpy.client import Client, ClientError
+from kestrelpy.router.backends.base import BackendError
+from kestrelpy.router.errors import RouterConfigError
+from kestrelpy.router.wire import BadMessage, Message, pack, unpack
+
+_KEYS = {"servers", "timeout_s", "read_timeout_ms"}
+
+
+class KestrelLease:
+    def __init__(self, backend: KestrelBackend, queue: str, message: Message) -> None:
+        self._backend = backend
+        self._queue = queue
+        self._message = message
+
+    @property
+    def message(self) -> Message:
+        return self._message
+
+    def ack(self) -> None:
+        self._backend.confirm(self._queue)
+
+    def release(self) -> None:
+        self._backend.give_back(self._queue)
+
+
+class KestrelBackend:
+    network = False  # our own servers: trusted = true may carry pickle
+
+    def __init__(self, name: str, client: Client, read_timeout_ms: int) -> None:
+        self._name = name
+        self._client = client
+        self._read_timeout_ms = read_timeout_ms
+
+    def send(self, queue: str, messages: Sequence[Message]) -> None:
+        try:
+            self._client.put_many(queue, [pack(message) for message in messages])
+        except ClientError as err:
+            raise BackendError(f"router interface {self._name!r}: {err}") from err
+
+    def take(self, queue: str) -> KestrelLease | None:
+        try:
+            data = self._client.open(queue, self._read_timeout_ms)
+        except ClientError as err:
+            raise BackendError(f"router interface {self._name!r}: {err}") from err
+        if not self._client.engine.holds(queue):
+            return None
+        try:
+            message = unpack(data)
+        except BadMessage:
+            message = Message({}, data)  # someone else's item that happens to look like ours
+        return KestrelLease(self, queue, message)
+
+    def confirm(self, queue: str) -> None:
+        try:
+            self._client.close(queue)
+        except ClientError as err:  # the connection is gone: the item is back on the queue
+            raise BackendError(f"router interface {self._name!r}: {err}") from err
+
+    def give_back(self, queue: str) -> None:
+        with suppress(ClientError):  # the link is gone, and with it the read: item is back
+            self._client.abort(queue)
+
+    def close(self) -> None:
+        with suppress(ClientError):  # nothing left to say to a server that is gone
+            self._client.disconnect()
+
+
+def open_backend(name: str, options: Mapping[str, Any]) -> KestrelBackend:
+    where = f"router interface {name!r}"
+    unknown = sorted(set(options) - _KEYS)
+    if unknown:
+        raise RouterConfigError(
+            f"{where}: unknown key {unknown[0]!r} for kestrel: expected {', '.join(sorted(_KEYS))}"
+        )
+    servers = options.get("servers", "127.0.0.1:22133")
+    timeout_s = options.get("timeout_s", 5.0)
+    read_timeout_ms = options.get("read_timeout_ms", 0)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+        raise RouterConfigError(f"{where}: timeout_s: expected a positive number of seconds")
+    if isinstance(read_timeout_ms, bool) or not isinstance(read_timeout_ms, int):
+        raise RouterConfigError(f"{where}: read_timeout_ms: expected whole milliseconds")
+    if not isinstance(servers, str | list | tuple):
+        raise RouterConfigError(f"{where}: servers: expected 'host:port' or a list of them")
+    try:
+        client = Client(servers, codec="raw", timeout_s=float(timeout_s))
+    except ClientError as err:
+        raise RouterConfigError(f"{where}: servers: {err}") from err
+    return KestrelBackend(name, client, read_timeout_ms)

@@ -1,0 +1,371 @@
+"""The router: named interfaces that map queue names to backends.
+
+An application sends to a queue name and does not care where the queue lives: the first
+interface whose ``queues`` matcher fits the name handles it, with that interface's
+backend, encoding, send options and delivery options. The ``default`` interface (every
+queue, a local store, processed at exit) exists until removed and is always tried last.
+
+What the router does the same way for every backend (a backend only moves bytes; see
+``backends/base.py``):
+
+- ``send``: encode the body, stamp the headers, hand it to the backend, or to the
+  interface's send buffer (another queue, moved on by ``flush``).
+- ``receive``: take, decode and return messages for the application to handle (``app_fetch``).
+- ``consume``: take, decode and deliver each message (an allowed ``Invocation`` runs, else
+  the interface's callback), confirming it only after delivery, so a consumer that dies
+  mid-message has it delivered again; a failure goes through the ``on_error`` actions.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kestrelpy.router import exit_runs
+from kestrelpy.router.backends import open_backend
+from kestrelpy.router.backends.base import Backend, BackendError, Lease
+from kestrelpy.router.config import InterfaceConfig, parse_interface
+from kestrelpy.router.delivery import can_deliver, deliver, failure_actions
+from kestrelpy.router.encodings import ENCODINGS
+from kestrelpy.router.errors import DeliveryRefused, NoInterface, RouterConfigError, RouterError
+from kestrelpy.router.frame import Frame
+from kestrelpy.router.wire import Message
+
+DEFAULT = "default"
+DEFAULT_DIR_ENV = "KESTRELPY_ROUTER_DIR"
+
+_log = logging.getLogger("kestrelpy.router")
+
+
+def default_interface_config(path: str | Path) -> dict[str, Any]:
+    """The ``default`` interface: every queue, a local store, processed at exit."""
+    return {"implementation": "local", "path": str(path), "send": {"on_exit": "all"}}
+
+
+class Router:
+    """Interfaces in the order they were added, ``default`` last.
+
+    ``config`` maps interface names to their settings (see :mod:`kestrelpy.router.config`).
+    ``default_path`` is the directory of the ``default`` interface's local store
+    (``$KESTRELPY_ROUTER_DIR``, else ``./kestrelpy-router``). A Router is for one thread.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        default_path: str | Path | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        path = default_path or os.environ.get(DEFAULT_DIR_ENV) or "kestrelpy-router"
+        self._interfaces: dict[str, InterfaceConfig] = {
+            DEFAULT: parse_interface(DEFAULT, default_interface_config(Path(path).absolute()))
+        }
+        self._backends: dict[str, Backend] = {}
+        self._sleep = sleep
+        self._exit_work: dict[str, set[str]] = {}  # interface -> queues sent to, for at-exit runs
+        self._exit_hook = False
+        for name, interface_config in (config or {}).items():
+            self.add_interface(name, interface_config)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **options: Any) -> Router:
+        """A Router from a file with a ``[router]`` table of interfaces (``[router.NAME]``)."""
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise RouterConfigError(f"{path}: {err}") from err
+        table = data.get("router")
+        if not isinstance(table, dict):
+            raise RouterConfigError(f"{path}: no [router] table of interfaces")
+        return cls(table, **options)
+
+    # -- interfaces ---------------------------------------------------------------------------
+
+    def add_interface(self, name: str, config: Mapping[str, Any]) -> None:
+        """Add (or replace) an interface; it is tried after those added before it, and
+        before ``default``. Its whole config is checked now, its backend opened (no I/O)."""
+        interface = parse_interface(name, config)
+        _check_exit_config(interface)
+        backend = open_backend(interface)
+        self.remove_interface(name)
+        self._interfaces[name] = interface
+        self._backends[name] = backend
+        if name != DEFAULT and DEFAULT in self._interfaces:  # default stays last
+            self._interfaces[DEFAULT] = self._interfaces.pop(DEFAULT)
+
+    def remove_interface(self, name: str) -> None:
+        self._interfaces.pop(name, None)
+        backend = self._backends.pop(name, None)
+        if backend is not None:
+            backend.close()
+
+    @property
+    def interfaces(self) -> list[str]:
+        """Interface names in the order they are tried."""
+        return list(self._interfaces)
+
+    def interface_named(self, name: str) -> InterfaceConfig:
+        interface = self._interfaces.get(name)
+        if interface is None:
+            raise RouterConfigError(f"no router interface named {name!r}")
+        return interface
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """Every interface's config as given (for a child process to rebuild the router)."""
+        return {name: dict(interface.source) for name, interface in self._interfaces.items()}
+
+    def interface_for(self, queue: str) -> InterfaceConfig:
+        for interface in self._interfaces.values():
+            if interface.queues.matches(queue):
+                return interface
+        raise NoInterface(f"no router interface handles queue {queue!r}")
+
+    def _backend(self, interface: InterfaceConfig) -> Backend:
+        backend = self._backends.get(interface.name)
+        if backend is None:  # the default's store is opened on first use, not at Router()
+            backend = self._backends[interface.name] = open_backend(interface)
+        return backend
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, queue: str, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        """Encode ``body`` with the queue's interface encoding and send it (or buffer it).
+        Returns when the backend has it as durably as it keeps anything."""
+        interface = self.interface_for(queue)
+        message = self._message(interface, queue, body, headers or {})
+        buffer = interface.send.buffer
+        if buffer is None:
+            self._backend(interface).send(queue, [message])
+        else:
+            buffer_interface = self.interface_for(buffer)
+            if buffer_interface is interface:
+                raise RouterConfigError(
+                    f"router interface {interface.name!r}: its buffer queue {buffer!r} must "
+                    "belong to another interface (or flush would send to the buffer again)"
+                )
+            self._backend(buffer_interface).send(buffer, [message])
+        self._note_exit_work(interface, queue)
+
+    def _message(
+        self, interface: InterfaceConfig, queue: str, body: Any, headers: Mapping[str, str]
+    ) -> Message:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise RouterError("headers must map strings to strings")
+        encoding = interface.encoding
+        try:
+            data = encoding.encode(body)
+        except (TypeError, ValueError) as err:
+            why = f"cannot encode the body for {queue!r} as {encoding.name}: {err}"
+            raise RouterError(why) from err
+        stamped = {"message-id": uuid.uuid4().hex, "timestamp": str(int(time.time() * 1000))}
+        stamped.update(headers)
+        stamped["destination"] = queue
+        stamped["content-encoding"] = encoding.name
+        return Message(stamped, data)
+
+    def flush(self, queue: str, limit: int | None = None) -> int:
+        """Move the messages waiting in ``queue``'s interface's send buffer on to their
+        destinations, through the destination's own backend. Returns how many moved. Each
+        is confirmed in the buffer only once its destination has it (a crash in between
+        sends it twice, never loses it)."""
+        interface = self.interface_for(queue)
+        buffer = interface.send.buffer
+        if buffer is None:
+            return 0
+        buffered = self._backend(self.interface_for(buffer))
+        moved = 0
+        while limit is None or moved < limit:
+            lease = buffered.take(buffer)
+            if lease is None:
+                break
+            destination = lease.message.headers.get("destination", queue)
+            try:
+                self._backend(self.interface_for(destination)).send(destination, [lease.message])
+            except BaseException:
+                lease.release()
+                raise
+            try:
+                lease.ack()
+            except BackendError as err:  # the lease ran out meanwhile: it may be sent twice
+                _log.warning("router: flushing %s: %s", buffer, err)
+            moved += 1
+        return moved
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def receive(self, queue: str, limit: int | None = None) -> list[Frame]:
+        """Take up to ``limit`` messages (all waiting ones when None) for the application
+        to handle itself. Each is confirmed as it is returned: from here on it is the
+        application's. A message that cannot be decoded goes through ``on_error``."""
+        interface = self.interface_for(queue)
+        backend = self._backend(interface)
+        frames: list[Frame] = []
+        while limit is None or len(frames) < limit:
+            lease = backend.take(queue)
+            if lease is None:
+                break
+            try:
+                frame = self.decode(interface, lease.message)
+            except DeliveryRefused as err:
+                self._failed(interface, queue, lease, _undecoded(lease.message), err)
+                continue
+            lease.ack()
+            frames.append(frame)
+        return frames
+
+    def consume(self, queue: str, limit: int | None = None) -> int:
+        """Take and deliver up to ``limit`` messages (all waiting ones when None): an
+        ``Invocation`` from an allowed module runs, anything else goes to the interface's
+        callback. A message is confirmed after its delivery returns; one that raises goes
+        through ``on_error``. A plain message on an interface without a callback is left
+        at the head of the queue for :meth:`receive`, and consuming stops there (so the
+        ``default`` interface's exit run never drops what an application meant to fetch).
+        Returns how many messages were taken."""
+        interface = self.interface_for(queue)
+        if interface.delivery.app_fetch:
+            raise DeliveryRefused(
+                f"router interface {interface.name!r} is app_fetch: take its messages "
+                "with receive()"
+            )
+        backend = self._backend(interface)
+        taken = 0
+        while limit is None or taken < limit:
+            lease = backend.take(queue)
+            if lease is None:
+                break
+            try:
+                frame = self.decode(interface, lease.message)
+            except DeliveryRefused as err:
+                taken += 1
+                self._failed(interface, queue, lease, _undecoded(lease.message), err)
+                continue
+            if not can_deliver(frame, interface):
+                lease.release()  # left for receive(): nothing here may deliver it
+                _log.warning(
+                    "router interface %s: a plain message on %s and no delivery.callback: "
+                    "left on the queue for receive()",
+                    interface.name,
+                    queue,
+                )
+                break
+            taken += 1
+            try:
+                deliver(frame, interface)
+            except Exception as err:  # a delivery's failure is data for on_error
+                self._failed(interface, queue, lease, frame, err)
+                continue
+            lease.ack()
+        return taken
+
+    def decode(self, interface: InterfaceConfig, message: Message) -> Frame:
+        """The frame of a stored message, decoded with the encoding its header names (or
+        the interface's), if the interface accepts that encoding."""
+        name = message.headers.get("content-encoding", interface.encoding.name)
+        encoding = ENCODINGS.get(name)
+        if encoding is None:
+            raise DeliveryRefused(f"unknown content-encoding {name!r}")
+        if not interface.allows_encoding(encoding):
+            raise DeliveryRefused(
+                f"router interface {interface.name!r} refuses {name} messages: "
+                "unpickling untrusted input runs code"
+            )
+        try:
+            body = encoding.decode(message.body)
+        except Exception as err:  # any decoder's complaint: the bytes are not what they say
+            raise DeliveryRefused(f"cannot decode a {name} message: {err}") from err
+        return Frame(dict(message.headers), body)
+
+    def _failed(
+        self,
+        interface: InterfaceConfig,
+        queue: str,
+        lease: Lease,
+        frame: Frame,
+        error: BaseException,
+    ) -> None:
+        """Apply ``on_error`` in order; the message is confirmed in the end (it was
+        handled by the actions) unless an action put it back."""
+        for step in failure_actions(interface, queue, frame, error):
+            if step.delay_s:
+                self._sleep(step.delay_s)  # a retry's backoff, holding the lease
+            if step.resend_to is not None:
+                self._resend(step.resend_to, lease.message, step.headers, immediate=step.immediate)
+            if step.final:
+                break
+        lease.ack()
+
+    def _resend(
+        self, queue: str, message: Message, headers: Mapping[str, str], *, immediate: bool
+    ) -> None:
+        copy = Message({**message.headers, **headers}, message.body)
+        interface = self.interface_for(queue)
+        buffer = None if immediate else interface.send.buffer
+        if buffer is None:
+            self._backend(interface).send(queue, [copy])
+        else:
+            self._backend(self.interface_for(buffer)).send(buffer, [copy])
+
+    # -- at exit ------------------------------------------------------------------------------
+
+    def _note_exit_work(self, interface: InterfaceConfig, queue: str) -> None:
+        if interface.send.on_exit == "none":
+            return
+        self._exit_work.setdefault(interface.name, set()).add(queue)
+        if not self._exit_hook:
+            atexit.register(self.run_at_exit)
+            self._exit_hook = True
+
+    def run_at_exit(self) -> None:
+        """Start the detached child runs for what this process sent (``send.on_exit``)."""
+        work, self._exit_work = self._exit_work, {}
+        sources = self.sources()
+        for name, queues in sorted(work.items()):
+            try:
+                exit_runs.start_run(sources, name, sorted(queues))
+            except OSError as err:
+                _log.error("router: cannot start the exit run of %s: %s", name, err)
+        self.close()
+
+    def close(self) -> None:
+        """Close every backend (their connections, their leases)."""
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _undecoded(message: Message) -> Frame:
+    """The frame as bytes, for on_error when decoding itself failed."""
+    return Frame(dict(message.headers), message.body)
+
+
+def _check_exit_config(interface: InterfaceConfig) -> None:
+    """An at-exit run rebuilds the config in a child process: callbacks must be named
+    (``"module:function"``), not Python objects."""
+    if interface.send.on_exit == "none":
+        return
+    delivery = interface.source.get("delivery", {})
+    named = [delivery.get("callback")] + [
+        next(iter(entry.values()))
+        for entry in delivery.get("on_error", [])
+        if isinstance(entry, Mapping) and "callback" in entry
+    ]
+    if any(value is not None and not isinstance(value, str) for value in named):
+        raise RouterConfigError(
+            f"router interface {interface.name!r}: on_exit runs in a child process, so its "
+            "callbacks must be given as 'module:function' strings"
+        )
