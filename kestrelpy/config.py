@@ -95,6 +95,8 @@ class ServerConfig:
     http: str = "127.0.0.1:2223"  # HTTP listener (metrics, admin, dashboard); "" = off
     admin_token: str = ""  # Bearer token of the HTTP mutating endpoints; "" = they are refused
     http_peers: tuple[str, ...] = ()  # other servers' "host:port" HTTP, shown by the dashboard
+    router_accept: bool = False  # POST /router/accept/<queue>: other routers store items here
+    router_accept_token: str = ""  # the Bearer token they present; required when accepting
     metrics_queue_series_limit: int = 1000  # above this many queues, no per-queue series
     honor_noreply: bool = True  # compatibility switches, docs/protocol.md §1-§7
     echo_requested_key: bool = True
@@ -387,6 +389,8 @@ _SERVER_KEYS: Final[Mapping[str, Converter]] = MappingProxyType(
         "http": _http_address,
         "admin_token": _token,
         "http_peers": _peers,
+        "router_accept": _flag,
+        "router_accept_token": _token,
         "metrics_queue_series_limit": _count(),
         "honor_noreply": _flag,
         "echo_requested_key": _flag,
@@ -627,7 +631,12 @@ def _queue_values(
 
 
 def _server_config(source: _Source, value: object) -> ServerConfig:
-    return _overlay(SERVER_DEFAULTS, _convert_keys(source, ("server",), value, _SERVER_KEYS))
+    server = _overlay(SERVER_DEFAULTS, _convert_keys(source, ("server",), value, _SERVER_KEYS))
+    if server.router_accept and not server.router_accept_token:
+        # An open accept endpoint would let anyone who reaches the port fill any queue.
+        why = "needs router_accept_token (the Bearer token sending routers present)"
+        raise source.error(("server",), "router_accept", why)
+    return server
 
 
 def _named_tables(

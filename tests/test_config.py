@@ -687,3 +687,40 @@ def test_bad_http_keys(tmp_path: Path, line: str, expected: str) -> None:
 def test_bad_http_flag_names_the_flag() -> None:
     with pytest.raises(ConfigError, match="--http"):
         load_config(None, http="nope")
+
+
+def test_router_accept_keys(tmp_path: Path) -> None:
+    assert (SERVER_DEFAULTS.router_accept, SERVER_DEFAULTS.router_accept_token) == (False, "")
+    path = write_conf(tmp_path, '[server]\nrouter_accept = true\nrouter_accept_token = "t0k"\n')
+    server = load_config(path).server
+    assert (server.router_accept, server.router_accept_token) == (True, "t0k")
+    path = write_conf(tmp_path, '[server]\nrouter_accept_token = "t0k"\n')  # a token alone: off
+    assert not load_config(path).server.router_accept
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[server]\n# off unless a token\nrouter_accept = true\n",
+        '[server]\n# off unless a token\nrouter_accept = true\nrouter_accept_token = ""\n',
+    ],
+)
+def test_router_accept_needs_a_token(tmp_path: Path, text: str) -> None:
+    message = load_error(write_conf(tmp_path, text))
+    assert_located(message, 3, "[server]", "router_accept")
+    assert message.endswith("needs router_accept_token (the Bearer token sending routers present)")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('router_accept = "yes"', 'expected true or false, got "yes"'),
+        ("router_accept = 1", "expected true or false, got 1"),
+        ('router_accept_token = "a b"', "a token of printable ASCII without spaces"),
+        ("router_accept_token = 5", "a token of printable ASCII without spaces"),
+    ],
+)
+def test_bad_router_accept_keys(tmp_path: Path, line: str, expected: str) -> None:
+    message = load_error(write_conf(tmp_path, f"[server]\n{line}\n"))
+    assert_located(message, 2, "[server]", line.split(" = ")[0])
+    assert expected in message

@@ -81,11 +81,13 @@ class HttpApp:
 
     # ------------------------------------------------------------------ durable writes
 
-    def after_commit(self, request: Any, reply: object) -> object:
-        """Answer ``reply`` once the writes just staged are committed (500 if that fails)."""
+    def after_commit(self, request: Any, reply: object, code: int = 200) -> object:
+        """Answer ``reply`` (with ``code``) once the writes just staged are committed (500
+        if that fails). No tickets: nothing was left to commit (an item handed straight to
+        a waiting reader, say), so answer now."""
         tickets = self.commits.take_write_tickets()
         if not tickets:
-            return self.json(request, reply)
+            return self.json(request, reply, code)
         waiting = [len(tickets), True]
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _failure: gone.append(True))
@@ -96,7 +98,7 @@ class HttpApp:
             if waiting[0] or gone:
                 return  # more commits to wait for, or the client hung up
             if waiting[1]:
-                body = self.json(request, reply)
+                body = self.json(request, reply, code)
             else:
                 body = self.error(request, 500, "store failure: write not committed")
             request.write(body)

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from kestrelpy.http import api, ostrich
+from kestrelpy.http import accept, api, ostrich
 from kestrelpy.http.app import CORS_HEADERS, HttpApp
 from kestrelpy.http.guard import MAX_BODY_BYTES, BoundedRequest, allowed_origin, host_allowed
 
@@ -50,6 +50,7 @@ _ROUTES: list[tuple[tuple[str, ...], dict[bytes, Handler]]] = [
     (("api", "queues", "*", "flush"), {b"POST": api.flush}),
     (("api", "status"), {b"POST": api.status}),
     (("api", "flush_all"), {b"POST": api.flush_all}),
+    (("router", "accept", "*"), {b"POST": accept.accept}),
 ]
 # GET handlers that only read: HEAD may run them (not /reload, /shutdown).
 _READS = frozenset(
