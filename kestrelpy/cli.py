@@ -248,8 +248,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     observer: Any = FilteringLogObserver(stderr_observer, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.callWhenRunning(_stop_on_signals, reactor)
-    reactor.run()
+    _stop_on_signals(reactor)
+    # Twisted would install its own SIGINT/SIGTERM handlers, and put back the defaults
+    # when the reactor stops: a second SIGTERM during shutdown then killed the process
+    # (exit -15) instead of being a no-op. Ours stay installed until the process exits.
+    reactor.run(installSignalHandlers=False)
+    # Stopped; the store is closed. Python's finalisation resets signals that have Python
+    # handlers to their defaults (not ignored ones), so from here a late SIGTERM is ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
 
 
@@ -280,7 +287,7 @@ def _install_reactor(name: str) -> None:
 
 
 def _stop_on_signals(reactor: Any) -> None:
-    """SIGINT and SIGTERM stop the server cleanly.
+    """SIGINT and SIGTERM stop the server cleanly; a repeat is a no-op.
 
     Installed explicitly: a shell starts background jobs with SIGINT ignored, and
     Twisted then leaves it ignored.

@@ -97,7 +97,7 @@ def test_reload_and_shutdown_need_the_token(srv: ServerProcess) -> None:
     assert srv.running
     assert call_json(srv, "/reload", token=TOKEN) == (200, {"reloaded": True})
     assert call_json(srv, "/shutdown", method="POST", token=TOKEN) == (200, {"shutdown": True})
-    assert srv.stop() == 0  # already on its way out: exits cleanly
+    assert srv.stop() == 0  # already on its way out: a SIGTERM now changes nothing
 
 
 # ------------------------------------------------------------------------ JSON API
