@@ -18,12 +18,12 @@ on_error = ["log", { retry = { max = 5, backoff = "exp", base_s = 1 } }, { dead_
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kestrelpy.importing import BadReference, load_callable
 from kestrelpy.router.encodings import JSON, Encoding, encoding_named
 from kestrelpy.router.errors import RouterConfigError
 
@@ -260,16 +260,12 @@ def _callable(value: Any, where: str) -> Any:
     configuration, and the exit child can rebuild the same config from text)."""
     if value is None or callable(value):
         return value
-    if not isinstance(value, str) or value.count(":") != 1:
+    if not isinstance(value, str):
         raise RouterConfigError(f"{where}: expected 'package.module:function', got {value!r}")
-    module_name, _, attribute = value.partition(":")
     try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
-        raise RouterConfigError(f"{where}: cannot load {value!r}: {err}") from err
-    if not callable(target):
-        raise RouterConfigError(f"{where}: {value!r} is not callable")
-    return target
+        return load_callable(value)
+    except BadReference as err:
+        raise RouterConfigError(f"{where}: {err}") from err
 
 
 def _table(value: Any, where: str, known: set[str]) -> Mapping[str, Any]:

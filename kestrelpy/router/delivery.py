@@ -13,11 +13,11 @@ is dropped (it was logged, or handed to a callback, as configured).
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from kestrelpy.importing import BadReference, load_callable
 from kestrelpy.router.config import InterfaceConfig
 from kestrelpy.router.errors import DeliveryRefused
 from kestrelpy.router.frame import Frame, Invocation
@@ -56,19 +56,10 @@ def can_deliver(frame: Frame, interface: InterfaceConfig) -> bool:
 
 
 def _target(invocation: Invocation) -> Callable[..., object]:
-    module_name, sep, attribute = invocation.target.partition(":")
-    if not sep or not attribute:
-        raise DeliveryRefused(
-            f"invocation target {invocation.target!r}: expected 'module:function'"
-        )
     try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
-        raise DeliveryRefused(f"invocation target {invocation.target!r}: {err}") from err
-    if not callable(target):
-        raise DeliveryRefused(f"invocation target {invocation.target!r} is not callable")
-    function: Callable[..., object] = target
-    return function
+        return load_callable(invocation.target)
+    except BadReference as err:
+        raise DeliveryRefused(f"invocation target {err}") from err
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,10 +213,8 @@ class Router:
             lease = backend.take(queue)
             if lease is None:
                 break
-            try:
-                frame = self.decode(interface, lease.message)
-            except DeliveryRefused as err:
-                self._failed(interface, queue, lease, _undecoded(lease.message), err)
+            frame = self._decoded(interface, queue, lease)
+            if frame is None:
                 continue
             lease.ack()
             frames.append(frame)
@@ -242,11 +240,9 @@ class Router:
             lease = backend.take(queue)
             if lease is None:
                 break
-            try:
-                frame = self.decode(interface, lease.message)
-            except DeliveryRefused as err:
+            frame = self._decoded(interface, queue, lease)
+            if frame is None:
                 taken += 1
-                self._failed(interface, queue, lease, _undecoded(lease.message), err)
                 continue
             if not can_deliver(frame, interface):
                 lease.release()  # left for receive(): nothing here may deliver it
@@ -265,6 +261,15 @@ class Router:
                 continue
             lease.ack()
         return taken
+
+    def _decoded(self, interface: InterfaceConfig, queue: str, lease: Lease) -> Frame | None:
+        """The leased message's frame; None if it cannot be decoded (then it has been
+        through ``on_error``)."""
+        try:
+            return self.decode(interface, lease.message)
+        except DeliveryRefused as err:
+            self._failed(interface, queue, lease, _undecoded(lease.message), err)
+            return None
 
     def decode(self, interface: InterfaceConfig, message: Message) -> Frame:
         """The frame of a stored message, decoded with the encoding its header names (or

@@ -426,19 +426,26 @@ def fill_buffer(path: Path, tmp_path: Path, count: int) -> None:
             router.send("remote", n)
 
 
-def test_a_run_stops_at_its_message_limit(
-    tmp_path: Path, server: ServerProcess, kestrelpy_argv: list[str]
-) -> None:
-    config = write_buffered_config(tmp_path / "router.toml", server, retrigger=False)
-    fill_buffer(config, tmp_path, 5)
-    run = subprocess.run(
+def run_remote_interface(
+    kestrelpy_argv: list[str], config: Path
+) -> subprocess.CompletedProcess[str]:
+    """``kestrelpy router run --interface remote`` by hand, in the config's directory."""
+    return subprocess.run(
         [*kestrelpy_argv, "router", "run", "--interface", "remote", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT_S,
         env=subprocess_env(),
-        cwd=tmp_path,
+        cwd=config.parent,
     )
+
+
+def test_a_run_stops_at_its_message_limit(
+    tmp_path: Path, server: ServerProcess, kestrelpy_argv: list[str]
+) -> None:
+    config = write_buffered_config(tmp_path / "router.toml", server, retrigger=False)
+    fill_buffer(config, tmp_path, 5)
+    run = run_remote_interface(kestrelpy_argv, config)
     assert run.returncode == 0, run.stderr
     assert "2 message(s) handled" in run.stderr
     assert [json.loads(m.body) for m in items(server, "remote")] == [0, 1]
@@ -450,14 +457,7 @@ def test_retrigger_starts_runs_until_the_buffer_is_empty(
 ) -> None:
     config = write_buffered_config(tmp_path / "router.toml", server, retrigger=True)
     fill_buffer(config, tmp_path, 5)
-    run = subprocess.run(
-        [*kestrelpy_argv, "router", "run", "--interface", "remote", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-        env=subprocess_env(),
-        cwd=tmp_path,
-    )
+    run = run_remote_interface(kestrelpy_argv, config)
     assert run.returncode == 0, run.stderr
 
     def all_moved() -> bool:
