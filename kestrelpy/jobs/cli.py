@@ -55,7 +55,7 @@ def consume(args: argparse.Namespace, *, stdout: IO[str] | None = None) -> int:
     queue = _queue(args.queue, args.env)
     max_jobs = _whole(args.max_jobs, "-m/--max-jobs", 1)
     concurrency = _whole(args.concurrency, "--concurrency", 1)
-    timeout_ms = _whole(args.timeout_ms, "--timeout-ms", 0)
+    timeout_ms = _whole(args.timeout_ms, "--timeout-ms", 1)  # 0 would poll in a busy loop
     runner = _runner(args)  # last: it may import the user's module
     print_lock = threading.Lock()
 
@@ -299,8 +299,8 @@ def produce(args: argparse.Namespace, *, stdin: IO[bytes] | None = None) -> int:
             for batch in batches:
                 stored += client.put_many(queue, [wrap(value) for value in batch])
         except ClientError as err:
-            if isinstance(err, ServerRefused):
-                stored += err.stored
+            if isinstance(err, ServerRefused | NoServerAvailable):
+                stored += err.stored  # the part of the failed batch that was stored
             print(f"kestrelpy produce: {_failure(err)} ({_items(stored)} stored)", file=sys.stderr)
             return 1
         except CommandLineError as err:

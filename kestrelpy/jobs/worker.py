@@ -34,7 +34,7 @@ from contextlib import suppress
 from typing import Any
 
 from kestrelpy.client import Client, ClientError, DecodeError, NoServerAvailable
-from kestrelpy.client.errors import ServerUnavailable
+from kestrelpy.client.errors import ServerRefused, ServerUnavailable
 from kestrelpy.client.protocol import queue_key
 from kestrelpy.client.servers import parse_servers
 from kestrelpy.jobs.envelope import Job, dead_letter, errors_queue, queue_name
@@ -200,6 +200,12 @@ class Worker:
         except (NoServerAvailable, ServerUnavailable) as err:
             # Reads the lost connection held are back on their queue, server side.
             self._unreachable_now(err)
+        except ServerRefused as err:
+            if taken or not err.reply.startswith("SERVER_ERROR"):
+                raise
+            # Refusing reads for now (status quiescent, say, for maintenance): a worker
+            # waits and tries again, as for a server that is down, instead of exiting.
+            self._unreachable_now(err)
         return taken
 
     def _handle(self, client: Client, item: Any, number: int, server: str) -> None:
@@ -250,7 +256,7 @@ class Worker:
             self._stopping.wait(delay_s)  # holding the read; a stop cuts the wait short
             if self._forced:
                 raise _Forced
-            client.put(self.queue, job.retried().to_wire())
+            client.put(self.queue, retry_copy(item, job))
             return f"retried as attempt {job.attempts + 1} after {delay_s:g} s"
         client.put(self.errors_queue, dead_letter(item, reason, None if plain else job.attempts))
         return self._to_errors
@@ -329,3 +335,12 @@ class Worker:
         self._on_job(
             f"job {number} {job.job_name} ({instance}attempt {job.attempts}) on {server}: {outcome}"
         )
+
+
+def retry_copy(item: Any, job: Job) -> Any:
+    """The item a retry puts back: as read, with ``attempts`` one higher. Keys this worker
+    does not know, and the producer's spelling (``jobName``), are kept: a PHP consumer may
+    share the queue."""
+    if isinstance(item, dict):
+        return {**item, "attempts": job.attempts + 1}
+    return job.retried().to_wire()

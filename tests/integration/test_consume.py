@@ -44,6 +44,12 @@ def srv(shared_server):
 
 
 @pytest.fixture
+def srv_factory_server(server_factory):
+    """A server of the test's own, for tests that change its status."""
+    return server_factory()
+
+
+@pytest.fixture
 def jobs(tmp_path):
     yield from job_harness(tmp_path)
 
@@ -211,6 +217,36 @@ def test_retries_with_backoff_then_dead_letter(srv, qname, jobs):
     assert out[0].endswith("failed (exit status 3), retried as attempt 1 after 0.01 s"), out
     assert out[1].endswith("failed (exit status 3), retried as attempt 2 after 0.02 s"), out
     assert out[2].endswith(f"failed (exit status 3), dead-lettered to {qname}_errors"), out
+    assert_drained(srv, qname)
+
+
+def test_a_retry_keeps_the_producers_spelling_and_keys(srv, qname, jobs):
+    """A PHP producer's envelope (``jobName``, a key of its own) comes back from a retry as
+    it was sent, one attempt more: a PHP consumer may share the queue."""
+    with Conn(srv) as raw:
+        raw.set(qname, b'{"jobName": "php_job", "data": 1, "trace": "t-1"}')
+    consumer = jobs.consume(
+        "-s", addr(srv), "-q", qname, "-m", 1, "--max-retries", 1, "--backoff-s", 0,
+        "--", *job_command("fail"),
+    )  # fmt: skip
+    consumer.assert_exit(0)
+    (retried,) = take_all(srv, qname)
+    assert retried == {"jobName": "php_job", "data": 1, "trace": "t-1", "attempts": 1}
+
+
+def test_a_quiescent_server_makes_a_worker_wait_not_exit(srv_factory_server, qname, jobs):
+    """Status quiescent (maintenance) refuses reads with SERVER_ERROR: the worker says so
+    once on stderr, waits, and runs the job when the server is back up."""
+    srv = srv_factory_server
+    produce(srv, "-q", qname, "--job", "after_maintenance", "1")
+    with Conn(srv) as raw:
+        assert raw.request(b"status quiescent") == b"END\r\n"
+    consumer = jobs.consume("-s", addr(srv), "-q", qname, "-m", 1, "--", *job_command("record"))
+    consumer.wait_stderr("server is quiescent")
+    with Conn(srv) as raw:
+        assert raw.request(b"status up") == b"END\r\n"
+    consumer.assert_exit(0)
+    assert [r["job_name"] for r in jobs.records()] == ["after_maintenance"]
     assert_drained(srv, qname)
 
 
