@@ -239,11 +239,16 @@ def _show(value: object) -> str:
 # --- converters: one per kind of key; they check and convert, never supply defaults -------
 
 
-def _count(minimum: int = 0) -> Converter:
+INT32_MAX: Final = 2**31 - 1  # what the kernel and the C side take (listen backlog, timers)
+
+
+def _count(minimum: int = 0, maximum: int = INT32_MAX) -> Converter:
+    """An integer in range: a huge one would reach the kernel as an OverflowError."""
+
     def convert(value: object) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+        if isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum:
             return value
-        raise _expected(f"an integer >= {minimum}", value)
+        raise _expected(f"an integer from {minimum} to {maximum}", value)
 
     return convert
 
@@ -258,8 +263,10 @@ def _size(minimum: int = 0) -> Converter:
     return convert
 
 
-def _duration(*, never: bool = True, minimum: int = 0) -> Converter:
-    """``minimum=1`` for timers, where 0 would mean a busy loop rather than "off"."""
+def _duration(*, never: bool = True, minimum: int = 0, maximum: int | None = None) -> Converter:
+    """``minimum=1`` for timers, where 0 would mean a busy loop rather than "off";
+    ``maximum`` for timers too (``INT32_MAX`` ms, 24.8 days), which the event loop hands to
+    the kernel in milliseconds."""
     off = ' or "never"' if never else ""
 
     def convert(value: object) -> int | None:
@@ -268,6 +275,8 @@ def _duration(*, never: bool = True, minimum: int = 0) -> Converter:
             raise _expected('a duration such as "1s" ("never" is not allowed here)', value)
         if ms is not None and ms < minimum:
             raise _expected(f"a duration of at least {minimum}ms{off}", value)
+        if ms is not None and maximum is not None and ms > maximum:
+            raise _expected(f"a duration of at most {maximum}ms{off}", value)
         return ms
 
     return convert
@@ -363,7 +372,7 @@ _QUEUE_KEYS: Final[Mapping[str, Converter]] = MappingProxyType(
         "max_expire_sweep": _count(),
         "max_queue_age": _duration(),
         "fanout_only": _flag,
-        "open_transaction_timeout": _duration(),
+        "open_transaction_timeout": _duration(maximum=INT32_MAX),
         "keep_journal": _flag,
         "max_memory_size": _size(),
         "enable_trace": _flag,
@@ -376,14 +385,14 @@ _SERVER_KEYS: Final[Mapping[str, Converter]] = MappingProxyType(
         "memcache_port": _port,
         "data_dir": _path,
         "sync": _choice(get_args(SyncPolicy)),
-        "sync_interval_ms": _duration(never=False, minimum=1),
-        "expiration_timer_frequency": _duration(minimum=1),
-        "client_timeout": _duration(minimum=1),
+        "sync_interval_ms": _duration(never=False, minimum=1, maximum=INT32_MAX),
+        "expiration_timer_frequency": _duration(minimum=1, maximum=INT32_MAX),
+        "client_timeout": _duration(minimum=1, maximum=INT32_MAX),
         "max_open_transactions": _count(1),
         "connection_backlog": _count(),
         "status_file": _path,
         "default_status": _choice(STATUSES),
-        "status_change_grace_period": _duration(never=False),
+        "status_change_grace_period": _duration(never=False, maximum=INT32_MAX),
         "connection_limit_refuse_writes": _count(),
         "connection_limit_refuse_reads": _count(),
         "http": _http_address,
