@@ -3,27 +3,34 @@
 Several tasks may share one client: requests to a server are pipelined on its connection
 and replies matched to their tasks in order. Reliable reads are the exception: keep each
 queue's open/close in one task (Kestrel allows one open read per queue per connection).
+
+A client may outlive its event loop (``asyncio.run`` twice, say): a connection made on
+another loop is not used, it is replaced on the running one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterable
+from contextlib import suppress
 
 from kestrelpy.client import codecs
 from kestrelpy.client.engine import DEFAULT_TIMEOUT_S, Engine
 from kestrelpy.client.errors import ServerUnavailable
-from kestrelpy.client.protocol import PendingReplies, ProtocolViolation, Reply
+from kestrelpy.client.protocol import PendingReplies, ProtocolViolation, Reply, read_request
 from kestrelpy.client.servers import ServerAddress
 
 
 class StreamLink(asyncio.Protocol):
-    """One connection on the running loop; a cancelled or timed-out exchange leaves later
-    replies unmatched, so it makes the link unusable (the engine reconnects)."""
+    """One connection on the loop that made it. A timed-out exchange leaves later replies
+    unmatched, so it fails the link (the engine reconnects); a cancelled one does not (see
+    :class:`~kestrelpy.client.engine.Link`): its replies are dropped in order."""
 
     def __init__(self, address: ServerAddress, timeout_s: float) -> None:
         self._address = address
         self._timeout_s = timeout_s
+        self._loop = asyncio.get_running_loop()
         self._pending: PendingReplies[asyncio.Future[list[Reply]]] = PendingReplies()
         self._transport: asyncio.Transport | None = None
         self._usable = True
@@ -31,7 +38,8 @@ class StreamLink(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return self._usable
+        # only on its own loop: another loop's transport cannot be used (or closed) here
+        return self._usable and self._loop is asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -60,10 +68,12 @@ class StreamLink(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    async def exchange(self, request: bytes, replies: int, wait_s: float) -> list[Reply]:
+    async def exchange(
+        self, request: bytes, replies: int, wait_s: float, opens: bytes = b""
+    ) -> list[Reply]:
         if not self._usable or self._transport is None:
             raise ServerUnavailable(str(self._address), "connection lost")
-        future: asyncio.Future[list[Reply]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Reply]] = self._loop.create_future()
         self._pending.expect(future, replies)
         self._transport.write(request)
         try:
@@ -72,18 +82,32 @@ class StreamLink(asyncio.Protocol):
             self._fail("timed out")
             raise ServerUnavailable(str(self._address), "timed out") from None
         except asyncio.CancelledError:
-            # Its replies still arrive, and are dropped in order (the future is done). But a
-            # cancelled open may leave an item open on this connection that nobody holds:
-            # take no new requests here; the engine replaces the link, and closing it
-            # returns any such item to its queue.
-            self._usable = False
+            # Its replies still arrive and are dropped in order (the future is done); the
+            # link stays in use, so other tasks' requests and held reads are untouched. A
+            # cancelled open may have opened an item nobody holds: an abort sent right
+            # behind it gives that item back (or answers END if none).
+            if opens and self._usable:
+                self._pending.discard(1)
+                self._transport.write(read_request(opens, abort=True))
             raise
 
     def close(self) -> None:
         self._usable = False
         self._closed_by_us = True
-        if self._transport is not None:
-            self._transport.close()
+        if self._transport is None:
+            return
+        if not self._loop.is_closed():
+            if self._loop is asyncio.get_running_loop():
+                self._transport.close()
+            else:
+                self._loop.call_soon_threadsafe(self._transport.close)
+            return
+        # its loop is closed, and the transport with it: end the TCP connection by hand, so
+        # the server puts back any item it held (the descriptor goes with the transport)
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 async def connect_stream(address: ServerAddress, timeout_s: float) -> StreamLink:
@@ -113,6 +137,7 @@ class AsyncClient(Engine):
         codec: str | codecs.Codec = "json",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         backoff_max_s: float = 30.0,
+        decode_by_flags: bool = True,
     ) -> None:
         super().__init__(
             servers,
@@ -121,6 +146,7 @@ class AsyncClient(Engine):
             codec=codec,
             timeout_s=timeout_s,
             backoff_max_s=backoff_max_s,
+            decode_by_flags=decode_by_flags,
         )
 
     async def __aenter__(self) -> AsyncClient:

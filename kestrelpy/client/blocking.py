@@ -61,7 +61,9 @@ def _blocking(
 
 
 class SocketLink:
-    """One blocking TCP connection; every send and receive has a deadline."""
+    """One blocking TCP connection; every send and receive has a deadline. An exchange
+    left half-way by any other exception (``KeyboardInterrupt``, a signal handler's) closes
+    the connection: its reply is still owed, and the next request would get it."""
 
     def __init__(self, sock: socket.socket, address: ServerAddress, timeout_s: float) -> None:
         self._sock = sock
@@ -75,7 +77,11 @@ class SocketLink:
     def usable(self) -> bool:
         return self._usable
 
-    async def exchange(self, request: bytes, replies: int, wait_s: float) -> list[Reply]:
+    async def exchange(
+        self, request: bytes, replies: int, wait_s: float, opens: bytes = b""
+    ) -> list[Reply]:
+        """``opens`` is not used here: nothing cancels a blocking exchange half-way but
+        an exception, after which the link is closed (an item it opened goes back)."""
         sock = self._sock
         reader = self._replies
         got: list[Reply] = []
@@ -106,6 +112,9 @@ class SocketLink:
             raise ServerUnavailable(
                 str(self._address), _describe(err), replies=got, stale=stale
             ) from err
+        except BaseException:
+            self.close()  # interrupted (before the request went out, or after): out of step
+            raise
 
     def close(self) -> None:
         self._usable = False
@@ -132,8 +141,10 @@ class Client:
 
     ``servers``: ``"host:port"``, ``"h1:p1,h2:p2"`` or a list. ``codec``: ``"json"``
     (default), ``"raw"`` or ``"msgpack"``. ``timeout_s`` bounds every connect, send and
-    receive (a blocking read adds its own wait on top). Use it as a context manager, or
-    call :meth:`disconnect`, so finished reliable reads are confirmed before you go.
+    receive (a blocking read adds its own wait on top). ``decode_by_flags=False`` decodes
+    every item with ``codec``, whatever codec mark or other client's flags it carries.
+    Use it as a context manager, or call :meth:`disconnect`, so finished reliable reads
+    are confirmed before you go.
     """
 
     def __init__(
@@ -143,6 +154,7 @@ class Client:
         codec: str | codecs.Codec = "json",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         backoff_max_s: float = 30.0,
+        decode_by_flags: bool = True,
     ) -> None:
         self.engine = Engine(
             servers,
@@ -151,6 +163,7 @@ class Client:
             codec=codec,
             timeout_s=timeout_s,
             backoff_max_s=backoff_max_s,
+            decode_by_flags=decode_by_flags,
         )
 
     put = _blocking(Engine.put)

@@ -100,9 +100,11 @@ def codec_named(name: str | Codec) -> Codec:
     return codec
 
 
-def decode(body: bytes, flags: int, default: Codec) -> Any:
-    """Decode an item: by its mark, or with ``default`` when it carries none (flags 0)."""
-    if flags == 0:
+def decode(body: bytes, flags: int, default: Codec, by_flags: bool = True) -> Any:
+    """Decode an item: by its mark, or with ``default`` when it carries none (flags 0) or
+    when ``by_flags`` is off (a reader that wants every item its own way, marks and other
+    clients' flags ignored). A :class:`DecodeError` carries the flags as read."""
+    if flags == 0 or not by_flags:
         codec = default
     elif flags & _MARK_MASK == _MARK and flags in _BY_FLAGS:
         codec = _BY_FLAGS[flags]

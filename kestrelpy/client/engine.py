@@ -8,6 +8,13 @@ single ``send``; the asyncio and Twisted faces await them on their event loops.
 Delivery is at least once, as with Kestrel itself: a write whose connection fails before
 its reply is sent again to another server, and a read whose connection fails goes back on
 its queue (server side) to be delivered again.
+
+One connection per server, shared by every task of an event-loop face. Held reads belong to
+it: whatever replaces or drops it voids them (``HeldReads.drop_server``), and a failure or a
+drop acts on the link it concerns only, never on the one that has replaced it since. A
+cancelled exchange leaves its link in use (its reply is read and dropped; a cancelled
+``open`` is followed by ``get q/abort`` on the same link, see :class:`Link`), so cancelling
+one task disturbs no other task's request or held read.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from kestrelpy.client.protocol import (
     read_request,
     set_request,
 )
-from kestrelpy.client.reads import HeldReads
+from kestrelpy.client.reads import HeldRead, HeldReads
 from kestrelpy.client.servers import ServerAddress, ServerPool, parse_servers
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -49,13 +56,24 @@ class Link(Protocol):
     ``replies`` replies in order. The I/O deadline is ``timeout_s`` plus ``wait_s``, the time
     the server may legitimately hold a blocking read. Any failure (refused, reset, EOF,
     deadline, unparseable reply) raises :class:`ServerUnavailable`; the link is then dead.
+
+    Abandoned exchanges: an event-loop link whose exchange is cancelled after the request
+    went out stays usable. Its replies are read and dropped in order, and if the exchange
+    ``opens`` a read (the queue's key; empty otherwise), ``get <key>/abort`` is sent at once
+    on the same link, its reply dropped too, so no item stays open that nobody holds (the
+    abort answers END if the open got nothing). Any other
+    exception escaping an exchange half-way (``KeyboardInterrupt`` in a blocking recv) makes
+    the link unusable and closes it: a reply is still owed on it.
     """
 
-    async def exchange(self, request: bytes, replies: int, wait_s: float) -> list[Reply]: ...
+    async def exchange(
+        self, request: bytes, replies: int, wait_s: float, opens: bytes = b""
+    ) -> list[Reply]: ...
 
     @property
     def usable(self) -> bool:
-        """False once the link failed or an exchange was abandoned half-way."""
+        """False once the link failed, was closed, or is not usable from here (an asyncio
+        link of another event loop)."""
 
     def close(self) -> None: ...
 
@@ -76,13 +94,18 @@ class Engine:
         codec: str | codecs.Codec = "json",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         backoff_max_s: float = 30.0,
+        decode_by_flags: bool = True,
     ) -> None:
+        """``decode_by_flags``: decode each item by the codec mark in its flags (the
+        default); False decodes every item with ``codec`` whatever its flags (with
+        ``codec="raw"``: the bytes of any item, a PHP client's compressed one included)."""
         if timeout_s <= 0:
             raise UsageError(f"timeout_s={timeout_s}: expected a positive number of seconds")
         spec = servers if isinstance(servers, str) else list(servers)
         self.pool = ServerPool(parse_servers(spec), clock, backoff_max_s=backoff_max_s)
         self.codec = codecs.codec_named(codec)
         self.timeout_s = timeout_s
+        self.decode_by_flags = decode_by_flags
         self._connect = connect
         self._links: dict[ServerAddress, Link] = {}
         self._reads = HeldReads()
@@ -116,7 +139,8 @@ class Engine:
         Chunks bound what either side buffers (a million-item batch sent in one write
         would fill both sockets' buffers and stall). What a failed server did not
         acknowledge is sent to the next one; nothing acknowledged is sent again. An error
-        carries ``stored``: the items before it that are queued."""
+        carries ``stored``: how many items of the call are queued; a
+        :class:`ServerRefused` also ``refused``, the indexes (in ``items``) refused."""
         key = self._key(queue)
         codec = self.codec
         stored = 0
@@ -124,7 +148,11 @@ class Engine:
             requests = [set_request(key, codec.flags, expiry_s, codec.encode(i)) for i in chunk]
             try:
                 await self._write(requests, queue)
-            except (ServerRefused, NoServerAvailable) as err:
+            except ServerRefused as err:
+                err.refused = [stored + index for index in err.refused]
+                err.stored += stored
+                raise
+            except NoServerAvailable as err:
                 err.stored += stored
                 raise
             stored += len(requests)
@@ -134,8 +162,11 @@ class Engine:
         """Send the sets to the first server that takes them all; a server that fails
         after acknowledging some gets the rest sent elsewhere. A refusal (``NOT_STORED``,
         an error line) is tried on the other servers only if nothing of the batch was
-        stored, since resending stored items would queue them twice."""
-        stored = 0
+        stored, since resending stored items would queue them twice. A refusal raised
+        carries ``stored`` (all the batch's items stored, wherever) and ``refused`` (the
+        indexes in ``requests`` the last server refused)."""
+        stored = 0  # acknowledged by servers that failed afterwards
+        sent = 0  # index in the caller's ``requests`` of requests[0]
         refusal: ServerRefused | None = None
         for server in self.pool.writers():
             request = requests[0] if len(requests) == 1 else b"".join(requests)
@@ -146,6 +177,7 @@ class Engine:
                 if not replies or _refusal(replies) == STORED:
                     acknowledged = len(replies)
                     stored += acknowledged
+                    sent += acknowledged
                     requests = requests[acknowledged:]
                     if not requests:
                         return
@@ -153,19 +185,21 @@ class Engine:
             if len(replies) == 1 == len(requests) and replies[0].line == STORED:
                 self.pool.mark_writable(server)
                 return
-            refused = _refusal(replies)
-            if refused == STORED and len(replies) == len(requests):
+            line = _refusal(replies)
+            if line == STORED and len(replies) == len(requests):
                 self.pool.mark_writable(server)
                 return
             what = f"set {queue} (batch)" if size is None else f"set {queue} ({size} bytes)"
-            refusal = ServerRefused(str(server), what, refused.decode(), stored=stored)
-            if any(reply.line == STORED for reply in replies):
+            refused = [sent + i for i, reply in enumerate(replies) if reply.line != STORED]
+            stored_here = len(replies) - len(refused)
+            refusal = ServerRefused(
+                str(server), what, line.decode(), stored=stored + stored_here, refused=refused
+            )
+            self._after_refusal(server, replies, writing=True)
+            if stored_here:
                 # part of the batch is queued there (not only a prefix: one item over a
                 # queue's max_item_size refuses alone): resending it would duplicate
-                refusal.stored += _stored_count(replies)
-                self._after_refusal(server, replies, writing=True)
                 raise refusal
-            self._after_refusal(server, replies, writing=True)
         if refusal is not None:
             raise refusal
         unavailable = self.pool.unavailable()
@@ -194,9 +228,10 @@ class Engine:
         held = self._reads.get(queue)
         owed_to = None
         if held is not None:
-            if not held.finished:
+            if not held.finished and not held.lost:
                 raise UsageError(f"a reliable read of {queue!r} is open: close or abort it first")
-            owed_to = held.server
+            if held.finished:
+                owed_to = held.server
             self._reads.release(queue)  # its close rides on the open below, or is moot
         return await self._read_from_servers(queue, timeout_ms, open_=True, close_on=owed_to)
 
@@ -217,12 +252,13 @@ class Engine:
         wait_ms = timeout_ms
         empty = False  # some server answered END: only then is None the answer
         refusal: ServerRefused | None = None
+        opens = key if open_ else b""  # a cancelled open is aborted: see Link
         for server in self.pool.readers(first=close_on):
             request = read_request(
                 key, timeout_ms=wait_ms, open_=open_, close=server == close_on, peek=peek
             )
             try:
-                (reply,) = await self._call(server, request, 1, wait_ms / 1000)
+                (reply,) = await self._call(server, request, 1, wait_ms / 1000, opens)
             except ServerUnavailable:
                 continue
             wait_ms = 0
@@ -231,7 +267,7 @@ class Engine:
                 self.pool.read_from(server)
                 if open_:
                     self._reads.hold(queue, server)
-                return codecs.decode(value.body, value.flags, self.codec)
+                return codecs.decode(value.body, value.flags, self.codec, self.decode_by_flags)
             if reply.line != END:
                 self._after_refusal(server, [reply])
                 refusal = ServerRefused(str(server), f"get {queue}", reply.line.decode())
@@ -245,12 +281,14 @@ class Engine:
         return None
 
     async def close(self, queue: str) -> bool:
-        """Confirm the open read of ``queue`` now. False if none was held."""
+        """Confirm the open read of ``queue`` now. False if none was held;
+        :class:`ServerUnavailable` if the connection that held it is gone (the server has
+        put the item back: it will be delivered again)."""
         held = self._reads.get(queue)
         if held is None:
             return False
         self._reads.release(queue)
-        await self._call(held.server, read_request(self._key(queue), close=True), 1)
+        await self._on_holding_link(held, read_request(self._key(queue), close=True))
         return True
 
     def held_server(self, queue: str) -> str | None:
@@ -261,7 +299,7 @@ class Engine:
     def holds(self, queue: str) -> bool:
         """True while a reliable read of ``queue`` is open and not yet finished."""
         held = self._reads.get(queue)
-        return held is not None and not held.finished
+        return held is not None and not held.finished and not held.lost
 
     @asynccontextmanager
     async def reliable(self, queue: str, timeout_ms: int = 0) -> AsyncIterator[Any]:
@@ -295,8 +333,29 @@ class Engine:
         if held.finished:
             raise UsageError(f"the read of {queue!r} is already finished: too late to abort")
         self._reads.release(queue)
-        await self._call(held.server, read_request(self._key(queue), abort=True), 1)
+        await self._on_holding_link(held, read_request(self._key(queue), abort=True))
         return True
+
+    async def _on_holding_link(self, held: HeldRead, request: bytes) -> None:
+        """Send a close or abort on the connection that opened the read, with any owed
+        closes in front; never on another. Kestrel ties the read to that connection: on a
+        fresh one ``close`` answers END although the server put the item back when the old
+        one went, so a retry would report success for an item that will be delivered
+        again. Raises :class:`ServerUnavailable` when that connection is gone."""
+        server = held.server
+        link = self._links.get(server)
+        if held.lost or link is None or not link.usable:
+            if link is not None:
+                self._drop(server, link)  # unusable: whatever it held is gone with it
+            raise ServerUnavailable(str(server), _READ_GONE)
+        closes = self._reads.take_finished(server)
+        owed = b"".join(read_request(queue_key(q), close=True) for q in closes)
+        try:
+            await link.exchange(owed + request, len(closes) + 1, 0.0)
+        except ServerUnavailable as err:
+            self._failed(server, link, err, reused=True)  # a stale one: not down; no retry
+            raise ServerUnavailable(str(server), f"{err.why}; {_READ_GONE}") from err
+        self.pool.mark_up(server)
 
     # -- administration ----------------------------------------------------------------------
 
@@ -351,47 +410,49 @@ class Engine:
         """Send the owed closes, then close every connection. Reads still open (neither
         finished nor aborted) go back on their queues when the server sees the close."""
         await self.flush_closes()
-        for server in list(self._links):
-            self._drop(server)
+        for server, link in list(self._links.items()):
+            self._drop(server, link)
 
     # -- one server ---------------------------------------------------------------------------
 
     async def _call(
-        self, server: ServerAddress, request: bytes, replies: int, wait_s: float = 0.0
+        self,
+        server: ServerAddress,
+        request: bytes,
+        replies: int,
+        wait_s: float = 0.0,
+        opens: bytes = b"",
     ) -> list[Reply]:
         """Send to one server, with any owed closes pipelined in front. A failure marks the
-        server down, voids the reads it held, and raises :class:`ServerUnavailable`.
+        server down, voids the reads its connection held, and raises
+        :class:`ServerUnavailable` whose ``replies`` are this request's only (never the
+        owed closes' ``END``s, which a write would count as stored items).
 
         A connection that had been idle may have been closed by the server meanwhile
         (restart, ``client_timeout``): when a reused one fails before any reply, the
         request goes once more on a fresh connection before the server counts as down.
         The owed closes are not resent: the server put those items back when it saw the
-        old connection close."""
+        old connection close. ``opens``: the key of the queue whose read this request
+        opens, if it does (see :class:`Link`)."""
         closes = self._reads.take_finished(server)
         if closes:
             owed = b"".join(read_request(queue_key(q), close=True) for q in closes)
-            try:
-                got = await self._exchange(server, owed + request, replies + len(closes), wait_s)
-            except _StaleLink:
-                got = await self._exchange(server, request, replies, wait_s, fresh=True)
-                return got
-            return got[len(closes) :]
+            return await self._exchange(server, request, replies, wait_s, opens, owed, len(closes))
         if not replies:
             return []
         link = self._links.get(server)
         if link is not None and link.usable:  # the common case, without _exchange's frame
             try:
-                got = await link.exchange(request, replies, wait_s)
+                got = await link.exchange(request, replies, wait_s, opens)
             except ServerUnavailable as err:
-                if self._failed(server, err, reused=True):
-                    return await self._exchange(server, request, replies, wait_s, fresh=True)
+                if self._failed(server, link, err, reused=True):
+                    return await self._exchange(
+                        server, request, replies, wait_s, opens, retry=False
+                    )
                 raise
             self.pool.mark_up(server)
             return got
-        try:
-            return await self._exchange(server, request, replies, wait_s)
-        except _StaleLink:
-            return await self._exchange(server, request, replies, wait_s, fresh=True)
+        return await self._exchange(server, request, replies, wait_s, opens)
 
     async def _exchange(
         self,
@@ -399,40 +460,64 @@ class Engine:
         request: bytes,
         replies: int,
         wait_s: float,
+        opens: bytes,
+        owed: bytes = b"",
+        closes: int = 0,
         *,
-        fresh: bool = False,
+        retry: bool = True,
     ) -> list[Reply]:
+        """``_call``'s general case: connect if needed; ``owed`` carries ``closes`` owed
+        closes in front of the request; ``retry``: may go once more on a fresh link."""
         link = self._links.get(server)
-        reused = link is not None and link.usable and not fresh
+        reused = link is not None and link.usable
+        if not reused:
+            try:
+                link = await self._open_link(server, link)
+            except ServerUnavailable as err:
+                self.pool.mark_down(server, err.why)
+                raise
+        assert link is not None
         try:
-            if not reused:
-                link = await self._open_link(server)
-            assert link is not None
-            got = await link.exchange(request, replies, wait_s)
+            got = await link.exchange(owed + request, replies + closes, wait_s, opens)
         except ServerUnavailable as err:
-            if self._failed(server, err, reused=reused):
-                raise _StaleLink from err
-            raise
+            failure = _without_first(err, closes) if closes else err
+            if self._failed(server, link, failure, reused=reused) and retry:
+                return await self._exchange(server, request, replies, wait_s, opens, retry=False)
+            if failure is err:
+                raise
+            raise failure from err
         self.pool.mark_up(server)
-        return got
+        return got[closes:] if closes else got
 
-    def _failed(self, server: ServerAddress, err: ServerUnavailable, *, reused: bool) -> bool:
-        """A link failed: drop it and, unless it was a stale idle link (True: send again
-        on a fresh one), count the server down."""
-        self._drop(server)
+    def _failed(
+        self, server: ServerAddress, link: Link, err: ServerUnavailable, *, reused: bool
+    ) -> bool:
+        """``link`` failed: drop it and count the server down, unless (True: send again,
+        once, on the current or a fresh link) it was a stale idle link, or it was no longer
+        the server's link (dropped after a refusal, at ``disconnect``, or by another task's
+        failure) and nothing on it was answered. A link that is no longer current says
+        nothing about the server now: it never counts the server down."""
+        if self._links.get(server) is not link:
+            return not err.replies and self.pool.is_up(server)
+        self._drop(server, link)
         if reused and err.stale:
             return True
         if not err.replies:  # it answered, then closed: refusing, not down
             self.pool.mark_down(server, err.why)
         return False
 
-    async def _open_link(self, server: ServerAddress) -> Link:
-        self._drop(server)  # a link made unusable (a cancelled exchange) goes first
+    async def _open_link(self, server: ServerAddress, old: Link | None) -> Link:
+        """A new link to ``server`` in place of ``old`` (unusable: failed, interrupted, or
+        another event loop's), which goes first, with any reads it held."""
+        if old is not None:
+            self._drop(server, old)
         link = await self._connect(server, self.timeout_s)
         raced = self._links.get(server)
-        if raced is not None and raced.usable:  # another task connected meanwhile
-            link.close()
-            return raced
+        if raced is not None:  # another task connected meanwhile
+            if raced.usable:
+                link.close()
+                return raced
+            self._drop(server, raced)
         self._links[server] = link
         return link
 
@@ -440,39 +525,42 @@ class Engine:
         self, server: ServerAddress, replies: list[Reply], *, writing: bool = False
     ) -> None:
         """After an error line the server may close the connection (Kestrel closes after
-        most), so the link is dropped. ``SERVER_ERROR`` also means "refusing for now"
-        (status, limits): back off from that server, for writes only when a write was
-        refused (a read-only server can still be drained)."""
+        most), so the link is dropped: the server's link now, which is the one that
+        answered (a replacement needs a failure after this reply, then a connect: longer
+        than the caller of ``_call`` takes to get here). ``SERVER_ERROR`` also means
+        "refusing for now" (status, limits): back off from that server, for writes only
+        when a write was refused (a read-only server can still be drained)."""
         line = _refusal(replies)
         if line.startswith((b"SERVER_ERROR", b"CLIENT_ERROR", b"ERROR")):
-            self._drop(server)
+            link = self._links.get(server)
+            if link is not None:
+                self._drop(server, link)
         if line.startswith(b"SERVER_ERROR") and b"too large" not in line:  # that one is ours
             self.pool.mark_down(server, line.decode(), writes_only=writing)
 
-    def _drop(self, server: ServerAddress) -> None:
-        link = self._links.pop(server, None)
-        if link is not None:
+    def _drop(self, server: ServerAddress, link: Link) -> None:
+        """Close ``link`` and void the reads it held, if it is still ``server``'s link;
+        otherwise it was dropped already, and its reads with it."""
+        if self._links.get(server) is not link:
             link.close()
+            return
+        del self._links[server]
+        link.close()
         self._reads.drop_server(server)
 
 
-class _StaleLink(Exception):
-    """A reused connection failed before any reply: retry once on a fresh one."""
+_READ_GONE = "the connection that held the read is gone: the server put the item back"
+
+
+def _without_first(err: ServerUnavailable, count: int) -> ServerUnavailable:
+    """``err`` without the replies to the ``count`` owed closes sent ahead of the request."""
+    return ServerUnavailable(err.server, err.why, replies=err.replies[count:], stale=err.stale)
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
-
-
-def _stored_count(replies: list[Reply]) -> int:
-    count = 0
-    for reply in replies:
-        if reply.line != STORED:
-            break
-        count += 1
-    return count
 
 
 def _refusal(replies: list[Reply]) -> bytes:

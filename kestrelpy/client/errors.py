@@ -53,16 +53,28 @@ class ServerRefused(ClientError):
     ``CLIENT_ERROR``, ``ERROR``): the write was not taken, and the message names the
     server and its reply, so nothing is dropped silently.
 
-    ``stored`` counts the items of a :meth:`put_many` batch that were stored before the
-    refusal (they stay queued).
+    For :meth:`put_many`: ``stored`` counts the items of the call that were stored (they
+    stay queued; after the refused one too, when a server refused one item of a batch and
+    took the rest), and ``refused`` lists the indexes, in the call's items, of those the
+    server refused. Items neither stored nor refused were not taken either: the server
+    closed the connection after its refusal, or they were never sent.
     """
 
-    def __init__(self, server: str, request: str, reply: str, *, stored: int = 0) -> None:
+    def __init__(
+        self,
+        server: str,
+        request: str,
+        reply: str,
+        *,
+        stored: int = 0,
+        refused: Sequence[int] = (),
+    ) -> None:
         super().__init__(f"{server} refused {request}: {reply}")
         self.server = server
         self.request = request
         self.reply = reply
         self.stored = stored
+        self.refused = list(refused)
 
 
 class DecodeError(ClientError):

@@ -211,10 +211,15 @@ class PendingReplies(Generic[W]):
 
     def __init__(self) -> None:
         self._reader = ReplyReader()
-        self._waiting: deque[tuple[W, int, list[Reply]]] = deque()
+        self._waiting: deque[tuple[W | None, int, list[Reply]]] = deque()
 
     def expect(self, waiter: W, count: int) -> None:
         self._waiting.append((waiter, count, []))
+
+    def discard(self, count: int) -> None:
+        """The next ``count`` replies (after those already expected) go to nobody: the
+        reply to a request sent on behalf of a cancelled exchange (an abort)."""
+        self._waiting.append((None, count, []))
 
     def feed(self, data: bytes) -> list[tuple[W, list[Reply]]]:
         """Bytes arrived; returns the waiters now complete, with their replies."""
@@ -227,13 +232,14 @@ class PendingReplies(Generic[W]):
             if len(got) < count:
                 break
             self._waiting.popleft()
-            done.append((waiter, got))
+            if waiter is not None:
+                done.append((waiter, got))
         if not self._waiting and self._reader.pending_bytes:
             raise ProtocolViolation("the server sent a reply nobody asked for")
         return done
 
     def abandon(self) -> list[tuple[W, list[Reply]]]:
         """The connection is gone: every waiter still owed replies, with those it got."""
-        waiters = [(waiter, got) for waiter, _, got in self._waiting]
+        waiters = [(waiter, got) for waiter, _, got in self._waiting if waiter is not None]
         self._waiting.clear()
         return waiters

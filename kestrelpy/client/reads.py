@@ -2,7 +2,9 @@
 
 Kestrel ties an open read to the TCP connection that opened it: ``close`` and ``abort``
 only work on that connection, and if it drops, the server puts the item back. So each held
-read remembers its server, and a lost connection voids the reads on it.
+read remembers its server (the engine keeps one connection per server, and replacing it
+voids the reads on the old one), and a lost connection marks the reads on it ``lost``: a
+``close`` then must not report success for an item that is back on its queue.
 
 A finished read's close may wait (``finished``): it is sent ahead of the next request to
 that server, or folded into the next ``open`` of the same queue as Kestrel's
@@ -20,6 +22,7 @@ from kestrelpy.client.servers import ServerAddress
 class HeldRead:
     server: ServerAddress
     finished: bool = False  # done with: its close has not been sent yet
+    lost: bool = False  # its connection is gone: the server put the item back
 
 
 class HeldReads:
@@ -33,8 +36,13 @@ class HeldReads:
         self._held[queue] = HeldRead(server)
 
     def finish(self, queue: str) -> None:
-        """The job succeeded: close it with the next request to its server."""
-        self._held[queue].finished = True
+        """The job succeeded: close it with the next request to its server (or forget it,
+        if lost: there is nothing left to close, and the item will be delivered again)."""
+        read = self._held[queue]
+        if read.lost:
+            del self._held[queue]
+        else:
+            read.finished = True
 
     def release(self, queue: str) -> None:
         self._held.pop(queue, None)
@@ -50,10 +58,17 @@ class HeldReads:
 
     def drop_server(self, server: ServerAddress) -> list[str]:
         """The connection to ``server`` is gone, and with it (server side) every read it
-        held: those items are back on the queue. Returns the queues affected."""
-        queues = [q for q, read in self._held.items() if read.server == server]
+        held: those items are back on the queue. A finished read is forgotten (its close
+        is moot); an unfinished one stays, ``lost``, until its ``close`` or ``abort``
+        reports the loss (or the next ``open`` of its queue replaces it). Returns the
+        queues affected."""
+        queues = [q for q, read in self._held.items() if read.server == server and not read.lost]
         for queue in queues:
-            del self._held[queue]
+            read = self._held[queue]
+            if read.finished:
+                del self._held[queue]
+            else:
+                read.lost = True
         return queues
 
     def servers_owed_closes(self) -> set[ServerAddress]:

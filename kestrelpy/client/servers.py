@@ -16,6 +16,7 @@ from kestrelpy.client.errors import NoServerAvailable, UsageError
 
 DEFAULT_PORT = 22133
 BACKOFF_START_S = 0.1
+_MAX_DOUBLINGS = 64  # 0.1 s * 2**64 is far past any backoff_max_s
 
 
 class ServerAddress(NamedTuple):
@@ -150,7 +151,8 @@ class ServerPool:
         if not health.failures:
             self._troubled += 1
         health.failures += 1
-        backoff = min(BACKOFF_START_S * 2 ** (health.failures - 1), self._backoff_max_s)
+        doublings = min(health.failures - 1, _MAX_DOUBLINGS)  # 2.0 ** 1024 overflows a float
+        backoff = min(BACKOFF_START_S * 2.0**doublings, self._backoff_max_s)
         if writes_only:
             health.write_retry_at = self._clock() + backoff
         else:
@@ -182,13 +184,17 @@ class ServerPool:
             self._troubled -= 1
 
     def unavailable(self) -> NoServerAvailable:
-        """The error for "nothing could be tried": what each server last failed with, and
-        when the soonest comes off its backoff."""
+        """The error for "nothing could be tried": each server backing off, with what it
+        last failed with, and when the soonest of those comes off its backoff. When none
+        is backing off (each failed this request without counting as down: answered,
+        then closed), every server is named and the retry is due at once."""
         now = self._clock()
-        failures = [
-            f"{address}: {health.last_error or 'down'}" for address, health in self._health.items()
-        ]
-        soonest = min(
-            (max(h.retry_at, h.write_retry_at) for h in self._health.values()), default=now
-        )
-        return NoServerAvailable(failures, max(soonest - now, 0.0))
+        backing_off = {
+            address: until
+            for address, health in self._health.items()
+            if (until := max(health.retry_at, health.write_retry_at)) > now
+        }
+        named = backing_off or self._health
+        failures = [f"{a}: {self._health[a].last_error or 'failed'}" for a in named]
+        soonest = min(backing_off.values(), default=now)
+        return NoServerAvailable(failures, soonest - now)

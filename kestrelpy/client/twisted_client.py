@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from kestrelpy.client import codecs
 from kestrelpy.client.engine import DEFAULT_TIMEOUT_S, Engine
 from kestrelpy.client.errors import ServerUnavailable
-from kestrelpy.client.protocol import PendingReplies, ProtocolViolation, Reply
+from kestrelpy.client.protocol import PendingReplies, ProtocolViolation, Reply, read_request
 from kestrelpy.client.servers import ServerAddress
 
 P = ParamSpec("P")
@@ -33,8 +33,10 @@ T = TypeVar("T")
 
 
 class DeferredLink(Protocol):
-    """One connection on the reactor; a timed-out exchange leaves later replies unmatched,
-    so it makes the link unusable (the engine reconnects)."""
+    """One connection on the reactor. A timed-out exchange leaves later replies unmatched,
+    so it fails the link (the engine reconnects); a cancelled one (``Deferred.cancel`` on
+    an operation) does not (see :class:`~kestrelpy.client.engine.Link`): its replies are
+    dropped in order, and an abort behind a cancelled open gives back what it opened."""
 
     def __init__(self, address: ServerAddress, timeout_s: float, clock: IReactorTime) -> None:
         self._address = address
@@ -72,7 +74,9 @@ class DeferredLink(Protocol):
         if transport is not None and self.connected:
             transport.abortConnection()
 
-    async def exchange(self, request: bytes, replies: int, wait_s: float) -> list[Reply]:
+    async def exchange(
+        self, request: bytes, replies: int, wait_s: float, opens: bytes = b""
+    ) -> list[Reply]:
         if not self._usable:
             raise ServerUnavailable(str(self._address), "connection lost")
         deferred: Deferred[list[Reply]] = Deferred()
@@ -85,6 +89,12 @@ class DeferredLink(Protocol):
         except DeferredTimeout:
             self._fail("timed out")
             raise ServerUnavailable(str(self._address), "timed out") from None
+        except CancelledError:
+            # the deferred has fired (with the cancel), so its replies are dropped in order
+            if opens and self._usable:
+                self._pending.discard(1)
+                transport.write(read_request(opens, abort=True))
+            raise
 
     def close(self) -> None:
         self._usable = False
@@ -119,6 +129,7 @@ class TwistedClient:
         codec: str | codecs.Codec = "json",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         backoff_max_s: float = 30.0,
+        decode_by_flags: bool = True,
     ) -> None:
         self._reactor = reactor
         self.engine = Engine(
@@ -128,6 +139,7 @@ class TwistedClient:
             codec=codec,
             timeout_s=timeout_s,
             backoff_max_s=backoff_max_s,
+            decode_by_flags=decode_by_flags,
         )
 
     async def _connect(self, address: ServerAddress, timeout_s: float) -> DeferredLink:

@@ -272,7 +272,8 @@ class Worker:
             with suppress(ClientError):
                 client.abort(self.queue)
             raise
-        client.close(self.queue)
+        with suppress(ServerUnavailable):  # the read was lost with its connection: the
+            client.close(self.queue)  # item comes back, and is dead-lettered once more
         self._report(number, Job(PLAIN_JOB_NAME), server, f"undecodable ({err}), {self._to_errors}")
 
     @property

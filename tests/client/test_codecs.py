@@ -136,3 +136,11 @@ def test_json_nested_too_deep_for_python_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="not valid json") as caught:
         decode(body, JSON.flags, RAW)
     assert caught.value.body == body
+
+
+def test_by_flags_off_decodes_with_the_default_and_keeps_the_flags_in_errors() -> None:
+    assert decode(b'{"a":1}', JSON.flags, RAW, False) == b'{"a":1}'
+    assert decode(b"x\x9c", 16, RAW, False) == b"x\x9c"  # PHP: compressed
+    with pytest.raises(DecodeError) as caught:
+        decode(b"x\x9c", 16, JSON, False)
+    assert (caught.value.body, caught.value.flags) == (b"x\x9c", 16)

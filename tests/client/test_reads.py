@@ -65,11 +65,22 @@ def test_drop_server_voids_every_read_on_it() -> None:
     reads.hold("c", B)
     reads.finish("b")
     assert sorted(reads.drop_server(A)) == ["a", "b"]
-    assert reads.get("a") is None
+    # an open read is kept as lost, so its close or abort can report that the item is back
+    assert reads.get("a") == HeldRead(A, lost=True)
     assert reads.get("b") is None
     assert reads.servers_owed_closes() == set()  # the server put b back: nothing to close
     assert reads.get("c") == HeldRead(B)
     assert reads.drop_server(A) == []
+    assert reads.take_finished(A) == []
+
+
+def test_finishing_a_lost_read_forgets_it_and_owes_no_close() -> None:
+    reads = HeldReads()
+    reads.hold("q", A)
+    reads.drop_server(A)
+    reads.finish("q")
+    assert reads.get("q") is None
+    assert reads.servers_owed_closes() == set()
 
 
 def test_a_new_hold_replaces_a_finished_one() -> None:

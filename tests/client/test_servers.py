@@ -242,3 +242,29 @@ def test_unavailable_names_every_server_and_the_soonest_retry() -> None:
     assert pool.unavailable().retry_in_s == pytest.approx(0.05)
     clock.advance(1.0)
     assert pool.unavailable().retry_in_s == 0.0  # overdue: never negative
+
+
+def test_unavailable_leaves_out_healthy_servers_and_their_zero_backoff() -> None:
+    pool, _ = pool_of(A, B, C, backoff_max_s=30.0)
+    pool.mark_down(B, "timed out")
+    pool.mark_down(C, "refused")
+    pool.mark_down(C, "refused")  # 0.2 s
+    error = pool.unavailable()
+    assert error.failures == ("10.0.0.2:22133: timed out", "10.0.0.3:22134: refused")
+    assert error.retry_in_s == pytest.approx(0.1)  # B's, not A's "now"
+
+
+def test_unavailable_with_nothing_backing_off_names_every_server() -> None:
+    pool, _ = pool_of(A, B)
+    error = pool.unavailable()
+    assert error.failures == ("10.0.0.1:22133: failed", "10.0.0.2:22133: failed")
+    assert error.retry_in_s == 0.0
+
+
+def test_backoff_survives_thousands_of_consecutive_failures() -> None:
+    pool, clock = pool_of(A, backoff_max_s=30.0)
+    for _ in range(2000):  # once 2 ** 1024 overflowed a float: OverflowError
+        pool.mark_down(A, "refused")
+    assert not pool.is_up(A)
+    clock.advance(30.0)
+    assert pool.is_up(A)

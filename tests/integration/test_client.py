@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,10 +30,11 @@ from kestrelpy.client import (
     DecodeError,
     NoServerAvailable,
     ServerRefused,
+    ServerUnavailable,
     TwistedClient,
     UsageError,
 )
-from kestrelpy.client.blocking import connect_socket
+from kestrelpy.client.blocking import SocketLink, connect_socket
 from kestrelpy.client.engine import Engine
 from kestrelpy.client.servers import ServerAddress
 
@@ -273,6 +275,158 @@ def test_cancelling_one_asyncio_task_spares_the_others_on_its_connection(
     asyncio.run(scenario())
 
 
+def test_cancelling_a_task_spares_another_tasks_held_read(
+    shared_server: ServerProcess, qname: str
+) -> None:
+    """A cancel once retired the connection, so the close of a read held by another task
+    went out on a fresh one: it answered END, and close returned True while the server put
+    the item back (the old connection closed) to be delivered again."""
+    other = qname + "_other"
+
+    async def scenario(raw: Conn) -> None:
+        async with AsyncClient(shared_server.address) as client:
+            await client.put(qname, "job")
+            assert await client.open(qname) == "job"
+            waiting = asyncio.ensure_future(client.get(other, timeout_ms=5000))
+            await asyncio.sleep(0)  # sent: the loop runs the task to its await
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            raw.set(other, b'"wakes the cancelled wait"')  # the close behind it goes on
+            assert await client.close(qname) is True
+            assert held_and_waiting(raw, qname) == (0, 0)  # confirmed, not put back
+            assert queue_stats(raw, qname)["canceled_transactions"] == 0
+
+    with shared_server.connect() as raw:
+        asyncio.run(scenario(raw))
+
+
+def test_cancelling_a_task_spares_another_tasks_waiting_read(
+    shared_server: ServerProcess, qname: str
+) -> None:
+    """A request after a cancel once replaced the connection, failing the read another
+    task was waiting on (and counting the server down). Now the wait ends normally."""
+
+    async def scenario(raw: Conn) -> None:
+        async with AsyncClient(shared_server.address) as client:
+            await client.stats()  # connected: the requests below share the link
+            reading = asyncio.ensure_future(client.get(qname, timeout_ms=5000))
+            behind = asyncio.ensure_future(client.get(qname + "_empty"))
+            await asyncio.sleep(0)  # both sent; the second waits behind the first, server side
+            behind.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await behind
+            putting = asyncio.ensure_future(client.put(qname + "_next", "after the cancel"))
+            await asyncio.sleep(0)  # sent
+            raw.set(qname, b'"for the waiting read"')
+            assert await asyncio.wait_for(reading, CLIENT_TIMEOUT_S) == "for the waiting read"
+            await asyncio.wait_for(putting, CLIENT_TIMEOUT_S)
+            assert client.pool.is_up(ServerAddress.parse(shared_server.address))
+            assert await client.get(qname + "_next") == "after the cancel"
+
+    with shared_server.connect() as raw:
+        asyncio.run(scenario(raw))
+
+
+def test_a_cancelled_asyncio_open_leaves_no_item_open(
+    shared_server: ServerProcess, qname: str
+) -> None:
+    """The open's wait gets an item after the cancel; the abort sent behind it gives the
+    item back, so it is not held (unseen) until the connection closes."""
+
+    async def scenario(raw: Conn) -> None:
+        async with AsyncClient(shared_server.address) as client:
+            await client.stats()
+            opening = asyncio.ensure_future(client.open(qname, timeout_ms=5000))
+            await asyncio.sleep(0)  # sent
+            opening.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            raw.set(qname, b'"job"')  # taken by the cancelled open's wait, then given back
+            assert await client.get(qname) == "job"  # Kestrel: ERROR if q were held here
+            assert held_and_waiting(raw, qname) == (0, 0)
+
+    with shared_server.connect() as raw:
+        asyncio.run(scenario(raw))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_twisted_open_leaves_no_item_open(
+    shared_server: ServerProcess, qname: str
+) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.defer import CancelledError
+
+    client = TwistedClient(reactor, shared_server.address)
+    await client.stats()
+    opening = client.open(qname, 5000)
+    opening.cancel()
+    with pytest.raises(CancelledError):
+        await opening
+    with shared_server.connect() as raw:
+        raw.set(qname, b'"job"')  # taken by the cancelled open's wait, then given back
+        assert await client.get(qname) == "job"
+        assert held_and_waiting(raw, qname) == (0, 0)
+    await client.disconnect()
+
+
+def test_an_asyncio_client_can_be_used_under_a_second_event_loop(
+    shared_server: ServerProcess, qname: str
+) -> None:
+    """Its connection belongs to the first loop, closed by then: it is replaced (once:
+    RuntimeError, event loop is closed). A read held there is gone, and close says so."""
+    client = AsyncClient(shared_server.address)
+    asyncio.run(client.put_many(qname, ["a", "b"]))
+    assert asyncio.run(client.open(qname)) == "a"
+    with pytest.raises(ServerUnavailable, match="held the read is gone"):
+        asyncio.run(client.close(qname))
+    wait_until(lambda: items_on(shared_server, qname) == 2, 10, "a put back", shared_server)
+    assert asyncio.run(client.get(qname)) == "a"
+    asyncio.run(client.disconnect())
+
+
+class InterruptingSocket:
+    """A real socket whose recv raises KeyboardInterrupt when told: a signal handler's
+    exception arriving while the reply is on its way."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.interrupt = False
+
+    def recv(self, size: int) -> bytes:
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return self._sock.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_an_interrupted_blocking_exchange_does_not_pass_its_reply_on(
+    shared_server: ServerProcess, qname: str
+) -> None:
+    """The reply of the interrupted get is still on its way: the connection is closed, or
+    the next request (a put) would take that reply (VALUE ...) for its own."""
+    socks: list[InterruptingSocket] = []
+
+    async def connect(address: ServerAddress, timeout_s: float) -> SocketLink:
+        sock = socket.create_connection((address.host, address.port), timeout=timeout_s)
+        socks.append(InterruptingSocket(sock))
+        return SocketLink(socks[-1], address, timeout_s)  # type: ignore[arg-type]
+
+    client = Client(shared_server.address)
+    client.engine = Engine(shared_server.address, connect=connect, clock=time.monotonic)
+    client.put_many(qname, ["first", "second"])
+    socks[-1].interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        client.get(qname)  # the server sent "first"; nobody read it
+    client.put(qname + "_other", 1)
+    assert client.get(qname) == "second"
+    assert len(socks) == 2
+    client.disconnect()
+
+
 def test_asyncio_concurrent_reads_get_their_own_replies(
     shared_server: ServerProcess, qname: str
 ) -> None:
@@ -455,6 +609,7 @@ def test_a_full_queue_refuses_with_not_stored(server_factory: ServerFactory, qna
         with pytest.raises(ServerRefused) as batch:
             client.put_many(other, ["a", "b", "c"])
         assert batch.value.stored == 2
+        assert batch.value.refused == [2]
         assert batch.value.reply == "NOT_STORED"
         assert [client.get(other), client.get(other), client.get(other)] == ["a", "b", None]
 
@@ -471,11 +626,13 @@ def test_a_batch_partly_stored_is_not_sent_again_elsewhere(
             client.put_many(qname, ["x" * 50, "a", "b"])
         assert refused.value.server == servers[0].address
         assert refused.value.reply == "NOT_STORED"
-        assert refused.value.stored == 0  # none before the refusal: resend from item 0
+        assert refused.value.stored == 2  # the two after the refused one
+        assert refused.value.refused == [0]
         assert [items_on(srv, qname) for srv in servers] == [2, 0]
         with pytest.raises(ServerRefused) as alone:
             client.put(qname, "y" * 50)  # refused everywhere: the last refusal is raised
         assert alone.value.reply == "NOT_STORED"
+        assert (alone.value.stored, alone.value.refused) == (0, [0])
     assert [items_on(srv, qname) for srv in servers] == [2, 0]
 
 
@@ -520,10 +677,37 @@ def test_an_item_too_large_in_a_batch_is_not_resent_and_nothing_backs_off(
             client.put_many(qname, ["a", "b", "x" * 2000, "c"])
         assert refused.value.reply == "SERVER_ERROR object too large"
         assert refused.value.stored == 2
+        assert refused.value.refused == [2]  # "c" was never answered: neither
         assert [items_on(srv, qname) for srv in servers] == [2, 0]
         assert client.engine.pool.is_up(ServerAddress.parse(servers[0].address))
         client.put(qname, "next")  # the rotation goes on: the second server
     assert [items_on(srv, qname) for srv in servers] == [2, 1]
+
+
+def test_refused_indexes_count_from_the_start_of_put_many(
+    server_factory: ServerFactory, qname: str
+) -> None:
+    srv = server_factory("[defaults]\nmax_items = 1500\n")
+    with Client(srv.address) as client, pytest.raises(ServerRefused) as refused:
+        client.put_many(qname, range(2000))  # two chunks: the second is half refused
+    assert refused.value.stored == 1500
+    assert refused.value.refused == list(range(1500, 2000))
+
+
+def test_close_after_the_server_closed_the_idle_connection_raises(
+    server_factory: ServerFactory, qname: str
+) -> None:
+    """The server put the item back when it closed the connection that held it: close
+    must not be retried on a fresh connection, where it answers END (success)."""
+    srv = server_factory('[server]\nclient_timeout = "200ms"\n')
+    with Client(srv.address) as client:
+        client.put(qname, "job")
+        assert client.open(qname) == "job"
+        wait_until(lambda: srv_connections(srv) == 1, 10, "the idle client connection closed", srv)
+        with pytest.raises(ServerUnavailable, match="held the read is gone"):
+            client.close(qname)
+        assert items_on(srv, qname) == 1  # back: it will be delivered again
+        assert client.get(qname) == "job"
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_at_once(
@@ -641,6 +825,25 @@ def test_an_unmarked_item_is_read_with_the_readers_codec(
         assert raw_client.get(qname) == b"\x00raw\r\n"
         raw_client.put(qname, '{"id":1}')  # raw: a str goes out as its UTF-8 bytes
     assert pymemcache.get(qname) == b'{"id":1}'  # and other clients see plain bytes
+
+
+def test_decode_by_flags_off_gives_the_bytes_of_any_item(
+    shared_server: ServerProcess, pymemcache: PymemcacheClient, qname: str
+) -> None:
+    """What the router's kestrel backend reads with: raw bytes, whatever wrote them."""
+    assert pymemcache.set(qname, b"x\x9c\x03\x00", flags=16)  # PHP memcached: compressed
+    with Client(shared_server.address) as writer:
+        writer.put(qname, {"id": 1})  # json, marked
+    with Client(shared_server.address, codec="raw", decode_by_flags=False) as reader:
+        assert reader.get(qname) == b"x\x9c\x03\x00"
+        assert reader.get(qname) == b'{"id":1}'
+
+    async def scenario() -> None:
+        async with AsyncClient(shared_server.address, codec="raw", decode_by_flags=False) as c:
+            await c.put(qname, {"id": 2}, codec="json")
+            assert await c.get(qname) == b'{"id":2}'
+
+    asyncio.run(scenario())
 
 
 def test_raw_codec_round_trips_bytes(shared_server: ServerProcess, qname: str) -> None:
