@@ -235,6 +235,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_data_dir(config.server.data_dir)
     keep_freed_memory()
     reactor: Any = global_reactor
+    # Before the listeners start: once "listening on" is logged, a SIGTERM must be a clean
+    # stop (a supervisor or a test may send one at once), not the default kill (-15).
+    _stop_on_signals(reactor)
     service = make_service(config, reactor)
     try:
         service.startService()
@@ -248,7 +251,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     observer: Any = FilteringLogObserver(stderr_observer, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    _stop_on_signals(reactor)
     # Twisted would install its own SIGINT/SIGTERM handlers, and put back the defaults
     # when the reactor stops: a second SIGTERM during shutdown then killed the process
     # (exit -15) instead of being a no-op. Ours stay installed until the process exits.
