@@ -12,10 +12,12 @@ other router item. The reply (201) is sent only after the commit that makes the 
 durable, so a sender may forget a message once it is answered. Reactor thread only.
 
 Pickle never crosses the network: a receiving router decodes a body by its
-``content-encoding`` header (or, without one, by its interface's encoding, which may be a
-trusted pickle), so a body is stored only when that header is present and names an
-encoding that runs no code. The header is read with the router's own ``unpack``, so this
-check sees exactly what the receiving router will see.
+``content-encoding`` header, so a body is stored only when that header is present, spelled
+exactly ``content-encoding`` (the only spelling a router reads; any other capitalisation
+is refused), and names an encoding that runs no code (``json`` or ``raw``, exactly). The
+header is read with the router's own ``unpack``, so this check sees exactly what the
+receiving router will see. (The router, for its part, never unpickles a body whose header
+does not name pickle.)
 """
 
 from __future__ import annotations
@@ -78,16 +80,20 @@ def message_problem(data: bytes) -> tuple[int, str] | None:
         return 400, str(err)
     except RecursionError:  # json.loads on deeply nested arrays
         return 400, "router item with a bad header line: nested too deep"
-    # Any spelling of the name: whatever a receiving router might read must be safe.
-    named = [value for key, value in headers.items() if key.lower() == "content-encoding"]
-    if not named:
+    # The receiving router reads exactly "content-encoding": another spelling of the name
+    # would pass a check here and be ignored there (a trusted pickle interface would then
+    # pick the encoding), so only the exact key, with an exact value, is accepted.
+    spellings = [key for key in headers if key.lower() == "content-encoding"]
+    if any(key != "content-encoding" for key in spellings):
+        return 400, "content-encoding header must be spelled in lowercase, exactly once"
+    value = headers.get("content-encoding")
+    if value is None:
         return 415, "content-encoding header missing: the receiver would pick the encoding"
-    for value in named:
-        if value.strip().lower() == "pickle":
-            return 415, "pickle refused over the network"
-        if value not in SAFE_ENCODINGS:
-            known = ", ".join(sorted(SAFE_ENCODINGS))
-            return 415, f"content-encoding {value!r} refused: expected one of {known}"
+    if value.strip().lower() == "pickle":
+        return 415, "pickle refused over the network"
+    if value not in SAFE_ENCODINGS:
+        known = ", ".join(sorted(SAFE_ENCODINGS))
+        return 415, f"content-encoding {value!r} refused: expected one of {known}"
     return None
 
 

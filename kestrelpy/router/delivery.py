@@ -39,7 +39,7 @@ def deliver(frame: Frame, interface: InterfaceConfig) -> None:
                 f"router interface {interface.name!r}: invocation of {body.target!r} refused: "
                 f"module {body.module!r} is not in delivery.allow"
             )
-        _target(body)(*body.args, **body.kwargs)
+        _target(body, delivery.allows)(*body.args, **body.kwargs)
         return
     if delivery.callback is None:
         raise DeliveryRefused(
@@ -55,11 +55,30 @@ def can_deliver(frame: Frame, interface: InterfaceConfig) -> bool:
     return isinstance(frame.body, Invocation) or interface.delivery.callback is not None
 
 
-def _target(invocation: Invocation) -> Callable[..., object]:
+def _target(invocation: Invocation, allows: Callable[[str], bool]) -> Callable[..., object]:
+    """The function an invocation names, if it is one the allowed module defines: a name
+    it merely imports (``from subprocess import check_call``) or keeps private (a leading
+    underscore) is refused, so the allow-list means the module's own public functions."""
+    attribute = invocation.target.partition(":")[2]
+    if attribute.startswith("_") or "." in attribute:
+        raise DeliveryRefused(
+            f"invocation target {invocation.target!r} refused: only a module's public "
+            "functions may be invoked"
+        )
     try:
-        return load_callable(invocation.target)
+        target = load_callable(invocation.target)
     except BadReference as err:
         raise DeliveryRefused(f"invocation target {err}") from err
+    defined_in = getattr(target, "__module__", None)
+    if not isinstance(defined_in, str) or not (
+        defined_in == invocation.module or allows(defined_in)
+    ):
+        raise DeliveryRefused(
+            f"invocation target {invocation.target!r} refused: it is defined in "
+            f"{defined_in!r}, not in {invocation.module!r} (only functions an allowed "
+            "module defines may be invoked, not names it imports)"
+        )
+    return target
 
 
 @dataclass(frozen=True, slots=True)

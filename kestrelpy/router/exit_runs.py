@@ -28,15 +28,29 @@ def start_run(
 ) -> None:
     """Start ``kestrelpy router run`` for ``interface`` and ``queues``, detached (its own
     session, no stdin or stdout; errors go to this process's stderr) so it outlives this
-    process."""
+    process. Raises TypeError (nothing written, nothing started) when a config is not
+    JSON: a Python callable where the child needs ``"module:function"``."""
+    start_run_json(json.dumps(dict(sources)), interface, queues)
+
+
+def start_run_json(sources_json: str, interface: str, queues: Sequence[str]) -> None:
+    """:func:`start_run` with the configs already written as JSON. The file holds secrets
+    (tokens, passcodes): it is private (mode 0600) and removed again if the child cannot
+    be started; the child removes it once read."""
     handle, path = tempfile.mkstemp(prefix="kestrelpy-router-", suffix=".json")
-    with os.fdopen(handle, "w") as file:  # mkstemp: mode 0600, only this user reads it
-        json.dump(dict(sources), file)
-    argv = [sys.executable, "-m", "kestrelpy", "router", "run", "--interface", interface]
-    argv += ["--config-json", path, "--delete-config"]
-    for queue in queues:
-        argv += ["--queue", queue]
-    _detached(argv)
+    started = False
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(sources_json)
+        argv = [sys.executable, "-m", "kestrelpy", "router", "run", "--interface", interface]
+        argv += ["--config-json", path, "--delete-config"]
+        for queue in queues:
+            argv += ["--queue", queue]
+        _detached(argv)
+        started = True
+    finally:
+        if not started:
+            Path(path).unlink(missing_ok=True)
 
 
 def start_run_from_file(config: Path, interface: str, queues: Sequence[str]) -> None:
@@ -85,7 +99,7 @@ def run(router: Router, interface_name: str, queues: Sequence[str], mode: str) -
             if left == 0:
                 return done, True
             if step == "flush":
-                done += router.flush(queue, left)
+                done += router.flush(queue, left, interface=interface_name)
             else:
-                done += router.consume(queue, left)
+                done += router.consume(queue, left, interface=interface_name)
     return done, limit is not None and done >= limit

@@ -19,11 +19,13 @@ What the router does the same way for every backend (a backend only moves bytes;
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import time
 import tomllib
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,9 @@ from kestrelpy.router.wire import Message
 
 DEFAULT = "default"
 DEFAULT_DIR_ENV = "KESTRELPY_ROUTER_DIR"
+# The longest a retry's backoff is waited out while its lease is held: a wait past the
+# lease would hand the message to another taker meanwhile (local lease_s defaults to 600).
+MAX_HELD_BACKOFF_S = 60.0
 
 _log = logging.getLogger("kestrelpy.router")
 
@@ -71,7 +76,8 @@ class Router:
         self._backends: dict[str, Backend] = {}
         self._sleep = sleep
         self._exit_work: dict[str, set[str]] = {}  # interface -> queues sent to, for at-exit runs
-        self._exit_hook = False
+        # Collected before exit, this Router's exit work still runs (it holds no Router).
+        weakref.finalize(self, _adopt, self._interfaces, self._exit_work).atexit = False
         for name, interface_config in (config or {}).items():
             self.add_interface(name, interface_config)
 
@@ -172,13 +178,14 @@ class Router:
         stamped["content-encoding"] = encoding.name
         return Message(stamped, data)
 
-    def flush(self, queue: str, limit: int | None = None) -> int:
+    def flush(self, queue: str, limit: int | None = None, *, interface: str | None = None) -> int:
         """Move the messages waiting in ``queue``'s interface's send buffer on to their
         destinations, through the destination's own backend. Returns how many moved. Each
         is confirmed in the buffer only once its destination has it (a crash in between
-        sends it twice, never loses it)."""
-        interface = self.interface_for(queue)
-        buffer = interface.send.buffer
+        sends it twice, never loses it). ``interface`` names the interface to use instead
+        of the one whose ``queues`` match first."""
+        sender = self._resolve(queue, interface)
+        buffer = sender.send.buffer
         if buffer is None:
             return 0
         buffered = self._backend(self.interface_for(buffer))
@@ -193,88 +200,129 @@ class Router:
             except BaseException:
                 lease.release()
                 raise
-            try:
-                lease.ack()
-            except BackendError as err:  # the lease ran out meanwhile: it may be sent twice
-                _log.warning("router: flushing %s: %s", buffer, err)
+            _ack(lease, f"flushing {buffer}")
             moved += 1
         return moved
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive(self, queue: str, limit: int | None = None) -> list[Frame]:
-        """Take up to ``limit`` messages (all waiting ones when None) for the application
-        to handle itself. Each is confirmed as it is returned: from here on it is the
-        application's. A message that cannot be decoded goes through ``on_error``."""
-        interface = self.interface_for(queue)
-        backend = self._backend(interface)
+    def receive(
+        self, queue: str, limit: int | None = None, *, interface: str | None = None
+    ) -> list[Frame]:
+        """Take up to ``limit`` messages (when None, those waiting when the call started:
+        see :meth:`consume`) for the application to handle itself. Each is confirmed as it
+        is returned: from here on it is the application's. A message that cannot be
+        decoded goes through ``on_error``. ``interface`` names the interface to use
+        instead of the one whose ``queues`` match first (to drain an old one)."""
+        chosen = self._resolve(queue, interface)
+        backend = self._backend(chosen)
         frames: list[Frame] = []
+        seen: set[str] = set()
         while limit is None or len(frames) < limit:
-            lease = backend.take(queue)
+            lease = self._take_new(backend, queue, seen)
             if lease is None:
                 break
-            frame = self._decoded(interface, queue, lease)
+            frame = self._decoded(chosen, queue, lease, seen)
             if frame is None:
                 continue
-            lease.ack()
+            _ack(lease, f"receiving {queue}")
             frames.append(frame)
         return frames
 
-    def consume(self, queue: str, limit: int | None = None) -> int:
-        """Take and deliver up to ``limit`` messages (all waiting ones when None): an
-        ``Invocation`` from an allowed module runs, anything else goes to the interface's
-        callback. A message is confirmed after its delivery returns; one that raises goes
-        through ``on_error``. A plain message on an interface without a callback is left
-        at the head of the queue for :meth:`receive`, and consuming stops there (so the
-        ``default`` interface's exit run never drops what an application meant to fetch).
-        Returns how many messages were taken."""
-        interface = self.interface_for(queue)
-        if interface.delivery.app_fetch:
+    def consume(self, queue: str, limit: int | None = None, *, interface: str | None = None) -> int:
+        """Take and deliver up to ``limit`` messages: an ``Invocation`` from an allowed
+        module runs, anything else goes to the interface's callback. A message is
+        confirmed after its delivery returns; one that raises goes through ``on_error``.
+        A plain message on an interface without a callback is left at the head of the
+        queue for :meth:`receive`, and consuming stops there (so the ``default``
+        interface's exit run never drops what an application meant to fetch).
+
+        One call handles each message once: it stops when it takes a message it already
+        handled (a requeued or retried copy keeps its ``message-id``) and leaves that
+        copy at the head for the next call. So ``limit=None`` means the messages waiting
+        when the call started (and any sent meanwhile before the first copy), never an
+        endless loop over a message that keeps failing. ``interface`` names the
+        interface to use instead of the one whose ``queues`` match first. Returns how
+        many messages were taken."""
+        chosen = self._resolve(queue, interface)
+        if chosen.delivery.app_fetch:
             raise DeliveryRefused(
-                f"router interface {interface.name!r} is app_fetch: take its messages "
-                "with receive()"
+                f"router interface {chosen.name!r} is app_fetch: take its messages with receive()"
             )
-        backend = self._backend(interface)
+        backend = self._backend(chosen)
         taken = 0
+        seen: set[str] = set()
         while limit is None or taken < limit:
-            lease = backend.take(queue)
+            lease = self._take_new(backend, queue, seen)
             if lease is None:
                 break
-            frame = self._decoded(interface, queue, lease)
+            frame = self._decoded(chosen, queue, lease, seen)
             if frame is None:
                 taken += 1
                 continue
-            if not can_deliver(frame, interface):
+            if not can_deliver(frame, chosen):
                 lease.release()  # left for receive(): nothing here may deliver it
                 _log.warning(
                     "router interface %s: a plain message on %s and no delivery.callback: "
                     "left on the queue for receive()",
-                    interface.name,
+                    chosen.name,
                     queue,
                 )
                 break
             taken += 1
             try:
-                deliver(frame, interface)
+                deliver(frame, chosen)
             except Exception as err:  # a delivery's failure is data for on_error
-                self._failed(interface, queue, lease, frame, err)
+                self._failed(chosen, queue, lease, frame, err, seen)
                 continue
-            lease.ack()
+            _ack(lease, f"consuming {queue}")
         return taken
 
-    def _decoded(self, interface: InterfaceConfig, queue: str, lease: Lease) -> Frame | None:
+    def _resolve(self, queue: str, interface: str | None) -> InterfaceConfig:
+        return self.interface_for(queue) if interface is None else self.interface_named(interface)
+
+    @staticmethod
+    def _take_new(backend: Backend, queue: str, seen: set[str]) -> Lease | None:
+        """The next lease, unless it holds a message this call already handled (then it
+        goes back to the head, and None ends the call)."""
+        lease = backend.take(queue)
+        if lease is None:
+            return None
+        message_id = lease.message.headers.get("message-id")
+        if message_id is not None and message_id in seen:
+            lease.release()
+            return None
+        if message_id is not None:
+            seen.add(message_id)
+        return lease
+
+    def _decoded(
+        self, interface: InterfaceConfig, queue: str, lease: Lease, seen: set[str]
+    ) -> Frame | None:
         """The leased message's frame; None if it cannot be decoded (then it has been
         through ``on_error``)."""
         try:
             return self.decode(interface, lease.message)
         except DeliveryRefused as err:
-            self._failed(interface, queue, lease, _undecoded(lease.message), err)
+            self._failed(interface, queue, lease, _undecoded(lease.message), err, seen)
             return None
 
     def decode(self, interface: InterfaceConfig, message: Message) -> Frame:
-        """The frame of a stored message, decoded with the encoding its header names (or
-        the interface's), if the interface accepts that encoding."""
-        name = message.headers.get("content-encoding", interface.encoding.name)
+        """The frame of a stored message, decoded with the encoding its
+        ``content-encoding`` header names, if the interface accepts that encoding.
+
+        A message without that header (another producer's item, which anyone reaching
+        the queue can put there) is decoded with the interface's encoding, unless that
+        encoding runs code: pickle is decoded only when the header names it.
+        """
+        named = message.headers.get("content-encoding")
+        if named is None and interface.encoding.runs_code:
+            raise DeliveryRefused(
+                f"router interface {interface.name!r} refuses a message without a "
+                f"content-encoding header: its own encoding is {interface.encoding.name}, "
+                "and unpickling bytes nobody vouched for runs code"
+            )
+        name = interface.encoding.name if named is None else named
         encoding = ENCODINGS.get(name)
         if encoding is None:
             raise DeliveryRefused(f"unknown content-encoding {name!r}")
@@ -296,28 +344,37 @@ class Router:
         lease: Lease,
         frame: Frame,
         error: BaseException,
+        seen: set[str],
     ) -> None:
         """Apply ``on_error`` in order; the message is confirmed in the end (it was
-        handled by the actions) unless an action put it back."""
+        handled by the actions) unless an action put it back. A copy sent back to this
+        queue is noted in ``seen``: this call does not take it again."""
         for step in failure_actions(interface, queue, frame, error):
             if step.delay_s:
-                self._sleep(step.delay_s)  # a retry's backoff, holding the lease
+                # a retry's backoff, holding the lease: never longer than the lease may last
+                self._sleep(min(step.delay_s, MAX_HELD_BACKOFF_S))
             if step.resend_to is not None:
-                self._resend(step.resend_to, lease.message, step.headers, immediate=step.immediate)
+                copy_id = self._resend(
+                    step.resend_to, lease.message, step.headers, immediate=step.immediate
+                )
+                seen.add(copy_id)
             if step.final:
                 break
-        lease.ack()
+        _ack(lease, f"handling a failure on {queue}")
 
     def _resend(
         self, queue: str, message: Message, headers: Mapping[str, str], *, immediate: bool
-    ) -> None:
-        copy = Message({**message.headers, **headers}, message.body)
+    ) -> str:
+        """Send a copy (with a ``message-id``: another producer's item gets one here, so
+        the consume call that sent it knows it); returns its message-id."""
+        copy = Message({"message-id": uuid.uuid4().hex, **message.headers, **headers}, message.body)
         interface = self.interface_for(queue)
         buffer = None if immediate else interface.send.buffer
         if buffer is None:
             self._backend(interface).send(queue, [copy])
         else:
             self._backend(self.interface_for(buffer)).send(buffer, [copy])
+        return copy.headers["message-id"]
 
     # -- at exit ------------------------------------------------------------------------------
 
@@ -325,20 +382,16 @@ class Router:
         if interface.send.on_exit == "none":
             return
         self._exit_work.setdefault(interface.name, set()).add(queue)
-        if not self._exit_hook:
-            atexit.register(self.run_at_exit)
-            self._exit_hook = True
+        _with_exit_work.add(self)
 
     def run_at_exit(self) -> None:
-        """Start the detached child runs for what this process sent (``send.on_exit``)."""
-        work, self._exit_work = self._exit_work, {}
-        sources = self.sources()
-        for name, queues in sorted(work.items()):
-            try:
-                exit_runs.start_run(sources, name, sorted(queues))
-            except OSError as err:
-                _log.error("router: cannot start the exit run of %s: %s", name, err)
-        self.close()
+        """Start the detached child runs for what this process sent (``send.on_exit``).
+        Runs once, at interpreter exit, for every live Router with such work (one hook
+        for them all); calling it sooner starts them now."""
+        try:
+            _start_exit_runs([(self._interfaces, self._exit_work)])
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Close every backend (their connections, their leases)."""
@@ -351,6 +404,93 @@ class Router:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- at exit, for every Router ---------------------------------------------------------------
+
+ExitWork = tuple[Mapping[str, InterfaceConfig], dict[str, set[str]]]
+
+# Routers with at-exit work, held weakly: a Router per request must not live on (nor
+# start a child of its own) because it once sent. A collected Router's work is kept in
+# _orphaned (its interfaces and queues, not the Router) and run with the others.
+_with_exit_work: weakref.WeakSet[Router] = weakref.WeakSet()
+_orphaned: list[ExitWork] = []
+
+
+def _adopt(interfaces: Mapping[str, InterfaceConfig], work: dict[str, set[str]]) -> None:
+    if work:
+        _orphaned.append((interfaces, work))
+
+
+def _run_all_at_exit() -> None:
+    """The one atexit hook: every Router's exit runs, one child per configuration and
+    interface however many Routers asked for it; then every Router is closed."""
+    routers = list(_with_exit_work)
+    _with_exit_work.clear()
+    claims = [(r._interfaces, r._exit_work) for r in routers] + _orphaned[:]
+    _orphaned.clear()
+    try:
+        _start_exit_runs(claims)
+    finally:
+        for router in routers:
+            try:
+                router.close()
+            except Exception:  # at exit nothing is left to tell but the log
+                _log.exception("router: closing at exit")
+
+
+def _start_exit_runs(claims: list[ExitWork]) -> None:
+    """Merge the claims (same configuration and interface: one run, queues united) and
+    start each run. A configuration that JSON cannot carry is logged and skipped."""
+    runs: dict[tuple[str, str], set[str]] = {}
+    for interfaces, work in claims:
+        if not work:
+            continue
+        names = sorted(work)
+        sources = {name: dict(interface.source) for name, interface in interfaces.items()}
+        try:
+            text = json.dumps(sources, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            bad = [name for name, source in sources.items() if not _json_able(source)]
+            _log.error(
+                "router: at-exit run of %s not started: the child rebuilds every interface "
+                "from JSON, and interface(s) %s cannot be written as JSON (%s): give "
+                "callbacks as 'module:function' strings",
+                ", ".join(names),
+                ", ".join(repr(name) for name in bad) or "?",
+                err,
+            )
+            work.clear()
+            continue
+        for name in names:
+            runs.setdefault((text, name), set()).update(work[name])
+        work.clear()
+    for (text, name), queues in sorted(runs.items(), key=lambda item: item[0][1]):
+        try:
+            exit_runs.start_run_json(text, name, sorted(queues))
+        except Exception as err:  # at exit: say so, and go on with the other runs
+            _log.error("router: cannot start the exit run of %s: %s", name, err)
+
+
+def _json_able(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+atexit.register(_run_all_at_exit)
+
+
+def _ack(lease: Lease, doing: str) -> None:
+    """Confirm a lease; a late one (it ran out, or the link to the backend went) is
+    logged, not raised: the message may be delivered twice (at least once), and the run
+    goes on with the next one."""
+    try:
+        lease.ack()
+    except BackendError as err:
+        _log.warning("router: %s: %s", doing, err)
 
 
 def _undecoded(message: Message) -> Frame:

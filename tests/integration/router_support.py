@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from os import getpid  # noqa: F401  imported, not defined here: never an invocation target
 from pathlib import Path
 from typing import Any
 

@@ -252,7 +252,6 @@ def test_pickle_and_unknown_encodings_are_415(receiver: ServerProcess, backend: 
     pickled = pickle.dumps({"x": 1})
     for headers in (
         {"content-encoding": "pickle"},
-        {"content-encoding": "json", "Content-Encoding": "PICKLE"},  # any spelling
         {"content-encoding": " pickle "},
     ):
         status, reply = accept(receiver, "jobs", pack(Message(headers, pickled)))
@@ -263,6 +262,22 @@ def test_pickle_and_unknown_encodings_are_415(receiver: ServerProcess, backend: 
     with pytest.raises(BackendError, match="415 Unsupported Media Type: pickle refused"):
         backend.send("jobs", [Message({"content-encoding": "pickle"}, pickled)])
     assert not queue_exists(receiver, "jobs")
+
+
+def test_the_encoding_header_name_must_be_exactly_lowercase(receiver: ServerProcess) -> None:
+    """A receiving router reads only ``content-encoding``: a check that accepted another
+    spelling let a pickle through to a trusted pickle interface, which then unpickled it."""
+    pickled = pickle.dumps({"x": 1})
+    bodies = [
+        b'KPR/1 {"Content-Encoding":"json"}\n' + pickled,  # the reported bypass, exactly
+        pack(Message({"content-encoding": "json", "Content-Encoding": "PICKLE"}, pickled)),
+        pack(Message({"CONTENT-ENCODING": "raw"}, b"x")),
+    ]
+    for body in bodies:
+        status, reply = accept(receiver, "jobs", body)
+        assert status == 400 and "lowercase" in reply["error"], (body[:50], reply)
+    assert not queue_exists(receiver, "jobs")
+    assert accept(receiver, "jobs", pack(Message({"content-encoding": "raw"}, b"x")))[0] == 201
 
 
 def test_bodies_that_are_no_router_message_are_400(receiver: ServerProcess) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -21,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from kestrelpy.client import Client
 from kestrelpy.router import DeliveryRefused, Frame, Invocation, NoInterface, Router
-from kestrelpy.router.wire import Message, unpack
+from kestrelpy.router.wire import Message, pack, unpack
 
 from .conftest import ServerFactory, ServerProcess, subprocess_env, wait_until
 from .router_support import RECORD_ENV, recorded
@@ -256,14 +258,17 @@ def test_drop_ends_the_list(router: Router, server: ServerProcess) -> None:
     assert items(server, "q") == [] and items(server, "dead") == []
 
 
-def test_retry_with_backoff_then_dead_letter(tmp_path: Path, server: ServerProcess) -> None:
+def test_retry_with_backoff_then_dead_letter(
+    tmp_path: Path, server: ServerProcess, support: Path
+) -> None:
     waits: list[float] = []
     on_error = [{"retry": {"max": 2, "backoff": "exp", "base_s": 0.5}}, {"dead_letter": "dead"}]
     with Router(default_path=tmp_path / "d", sleep=waits.append) as router:
         router.add_interface("q", failing(server, on_error))
         router.add_interface("dead", kestrel(server, queues="dead"))
         router.send("q", {"job": 1})
-        assert router.consume("q") == 3  # the first delivery and two retries
+        # one delivery per call: a retried copy is left for the next call
+        assert [router.consume("q") for _ in range(4)] == [1, 1, 1, 0]
     assert waits == [0.5, 1.0]
     (dead,) = items(server, "dead")
     assert dead.headers["x-attempts"] == "2"
@@ -501,3 +506,248 @@ def test_consume_leaves_a_plain_message_it_cannot_deliver_for_receive(
     assert [frame.body for frame in router.receive("q", limit=1)] == [{"plain": True}]
     assert router.consume("q") == 1
     assert open_count(server, "q") == 0
+
+
+# -- regressions --------------------------------------------------------------------------------
+
+
+class _RunsRecord:
+    """Pickles to a call of ``router_support.record``: unpickled, it leaves a record."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        import router_support
+
+        return router_support.record, ("unpickled",)
+
+
+def test_pickle_is_decoded_only_when_the_header_names_it(
+    router: Router, server: ServerProcess, support: Path
+) -> None:
+    """Anyone who reaches the memcache port can put an item without a header (or with the
+    name spelled otherwise): a trusted pickle interface refuses it instead of falling back
+    to its own encoding and unpickling it."""
+    payload = pickle.dumps(_RunsRecord())
+    delivery = {"on_error": [{"dead_letter": "dead"}]}
+    router.add_interface(
+        "q", kestrel(server, queues="q", encoding="pickle", trusted=True, delivery=delivery)
+    )
+    router.add_interface("dead", kestrel(server, queues="dead"))
+    with server.connect() as raw:
+        raw.set("q", payload)  # no header at all
+        raw.set("q", b'KPR/1 {"Content-Encoding":"json"}\n' + payload)  # the accept bypass
+    assert router.receive("q") == []
+    assert recorded(support) == []  # nothing was unpickled
+    dead = items(server, "dead")
+    assert len(dead) == 2
+    assert all("without a content-encoding header" in m.headers["x-error"] for m in dead)
+    router.send("q", {"still": "works"})  # named in its header: decoded as before
+    assert [frame.body for frame in router.receive("q")] == [{"still": "works"}]
+
+
+def test_items_with_memcache_flags_are_bodies_and_the_queue_keeps_working(
+    router: Router, server: ServerProcess
+) -> None:
+    """The kestrel backend reads bytes whatever an item's flags say: kestrelpy's JSON
+    codec marks its items, PHP marks compressed ones with 16. Before, the first raised out
+    of unpack and the second out of the client, and the open read wedged every later take."""
+    router.add_interface("q", kestrel(server, queues="q"))
+    with Client(server.address, codec="json") as producer:
+        producer.put("q", {"jobName": "x"})
+    with server.connect() as raw:
+        raw.set("q", b"[1, 2]", flags=16)
+    assert [frame for frame in router.receive("q")] == [
+        Frame({}, {"jobName": "x"}),
+        Frame({}, [1, 2]),
+    ]
+    assert open_count(server, "q") == 0
+    router.send("q", {"after": 1})
+    assert [frame.body for frame in router.receive("q")] == [{"after": 1}]
+    router.add_interface("raw", kestrel(server, queues="rawq", encoding="raw"))
+    with Client(server.address, codec="json") as producer:
+        producer.put("rawq", {"jobName": "y"})
+    assert [frame.body for frame in router.receive("rawq")] == [b'{"jobName":"y"}']
+
+
+def test_consume_with_requeue_handles_each_message_once_per_call(
+    router: Router, server: ServerProcess, support: Path
+) -> None:
+    """A message that fails and is requeued to its own queue is not taken again by the
+    same call (it used to be, forever): the copy waits at the head for the next call."""
+    router.add_interface("q", failing(server, ["requeue"]))
+    router.send("q", {"n": 1})
+    router.send("q", {"n": 2})
+    assert router.consume("q") == 2
+    assert open_count(server, "q") == 0
+    assert router.consume("q") == 2  # the next call: both copies, once each
+    assert sorted(json.loads(m.body)["n"] for m in items(server, "q")) == [1, 2]
+
+
+def test_a_requeued_headerless_item_is_taken_once_per_call(
+    router: Router, server: ServerProcess
+) -> None:
+    router.add_interface("q", failing(server, ["requeue"]))
+    with server.connect() as raw:
+        raw.set("q", b'{"from": "php"}')
+    assert router.consume("q") == 1
+    (copy,) = items(server, "q")
+    assert copy.headers["message-id"] and json.loads(copy.body) == {"from": "php"}
+
+
+def test_an_invocation_may_run_only_what_the_allowed_module_defines(
+    router: Router, server: ServerProcess, support: Path
+) -> None:
+    """``router_support`` imports ``getpid`` from os and has a private ``_append``: both
+    are attributes of an allowed module, neither is a function it offers."""
+    delivery = {"allow": ["router_support"], "on_error": [{"dead_letter": "dead"}]}
+    router.add_interface("q", kestrel(server, queues="q", delivery=delivery))
+    router.add_interface("dead", kestrel(server, queues="dead"))
+    router.send("q", Invocation("router_support:getpid"))
+    router.send("q", Invocation("router_support:_append", ({"private": True},)))
+    router.send("q", Invocation("router_support:record", ("public",)))
+    assert router.consume("q") == 3
+    assert recorded(support) == [{"args": ["public"], "kwargs": {}}]
+    imported, private = items(server, "dead")
+    assert "not in 'router_support'" in imported.headers["x-error"]
+    assert "public functions" in private.headers["x-error"]
+
+
+def test_receive_consume_and_flush_can_name_the_interface(
+    router: Router, server_factory: ServerFactory, support: Path
+) -> None:
+    """Draining a queue during a move: the new interface matches first, the old one is
+    kept under another name and named explicitly."""
+    old, new = server_factory(), server_factory()
+    record = {"callback": "router_support:record_frame"}
+    router.add_interface("old", kestrel(old, queues="jobs", delivery=record))
+    router.send("jobs", {"on": "old"})
+    router.send("jobs", {"on": "old", "n": 2})
+    router.remove_interface("old")
+    router.add_interface("jobs", kestrel(new, queues="jobs", delivery=record))
+    router.add_interface("old", kestrel(old, queues="jobs", delivery=record))
+    router.send("jobs", {"on": "new"})
+    assert router.interface_for("jobs").name == "jobs"
+    assert [f.body for f in router.receive("jobs", limit=1, interface="old")] == [{"on": "old"}]
+    assert router.consume("jobs", interface="old") == 1
+    assert [entry["body"] for entry in recorded(support)] == [{"on": "old", "n": 2}]
+    assert [f.body for f in router.receive("jobs")] == [{"on": "new"}]
+    router.add_interface("oldbuf", kestrel(old, queues="jobs_buf", delivery={"app_fetch": True}))
+    router.add_interface("old", kestrel(old, queues="jobs", send={"buffer": "jobs_buf"}))
+    with pytest.raises(DeliveryRefused):
+        router.consume("nothing", interface="oldbuf")
+    with old.connect() as raw:
+        raw.set("jobs_buf", pack(Message({"destination": "jobs"}, b'{"buffered": 1}')))
+    assert router.flush("jobs") == 0  # the interface that matches has no buffer
+    assert router.flush("jobs", interface="old") == 1  # the old one's buffer: moved on to
+    assert [json.loads(m.body) for m in items(new, "jobs")] == [{"buffered": 1}]  # the new
+    assert items(old, "jobs_buf") == [] and items(old, "jobs") == []
+
+
+def test_router_run_drains_the_interface_it_names(
+    tmp_path: Path, server_factory: ServerFactory, kestrelpy_argv: list[str], support: Path
+) -> None:
+    old, new = server_factory(), server_factory()
+    config = tmp_path / "router.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [router.invoices]
+            queues = "invoices"
+            implementation = "kestrel"
+            servers = ["{new.address}"]
+
+            [router.invoices_old]
+            queues = "invoices"
+            implementation = "kestrel"
+            servers = ["{old.address}"]
+            [router.invoices_old.delivery]
+            callback = "router_support:record_frame"
+            """
+        )
+    )
+    with old.connect() as raw:
+        raw.set("invoices", b'{"left": "on old"}')
+    with new.connect() as raw:
+        raw.set("invoices", b'{"already": "on new"}')
+    run = subprocess.run(
+        [*kestrelpy_argv, "router", "run", "--interface", "invoices_old", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        env={**subprocess_env(), "PYTHONPATH": str(HERE), RECORD_ENV: str(support)},
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [entry["body"] for entry in recorded(support)] == [{"left": "on old"}]
+    assert items(old, "invoices") == []
+    assert [m.body for m in items(new, "invoices")] == [b'{"already": "on new"}']
+
+
+def test_a_callable_config_skips_the_exit_run_and_leaves_no_file(tmp_path: Path) -> None:
+    """A Python callable cannot reach the child: the run is skipped with one error naming
+    the interface, and no temporary file (which would hold the tokens) is left."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    script = f"""
+        from kestrelpy.router import Router
+        router = Router(
+            {{
+                "inproc": {{"queues": "inproc", "delivery": {{"callback": print}},
+                            "path": {str(tmp_path / "inproc")!r}}},
+                "remote": {{"queues": "remote", "implementation": "http",
+                            "url": "http://127.0.0.1:9", "token": "t0ken-secret",
+                            "send": {{"buffer": "remote_buf", "on_exit": "flush"}}}},
+                "buffer": {{"queues": "remote_buf", "path": {str(tmp_path / "buf")!r}}},
+            }},
+            default_path={str(tmp_path / "d")!r},
+        )
+        router.send("remote", {{"n": 1}})
+        print("sent")
+    """
+    sender = run_child(script, env={"TMPDIR": str(scratch)})
+    assert sender.returncode == 0 and sender.stdout.strip() == "sent", sender.stderr
+    assert "at-exit run of remote not started" in sender.stderr
+    assert "'inproc'" in sender.stderr and "Traceback" not in sender.stderr
+    assert list(scratch.iterdir()) == []
+
+
+def test_routers_share_one_exit_hook_and_start_one_run(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """A Router per request: none outlives its request because it sent, and at exit the
+    same interface gets one child run, not one per Router."""
+    script = f"""
+        import gc, weakref
+        from kestrelpy.router import Router, exit_runs
+        started = []
+        real = exit_runs.start_run_json
+        def counted(*args):
+            started.append(args[1])
+            print("run", args[1], args[2], flush=True)
+            real(*args)
+        exit_runs.start_run_json = counted
+        config = {{
+            "remote": {{"queues": "remote", "implementation": "kestrel",
+                        "servers": ["{server.address}"],
+                        "send": {{"buffer": "remote_buf", "on_exit": "flush"}}}},
+            "buffer": {{"queues": "remote_buf", "implementation": "kestrel",
+                        "servers": ["{server.address}"]}},
+        }}
+        refs = []
+        for n in range(5):  # five requests
+            router = Router(config, default_path={str(tmp_path / "d")!r})
+            router.send("remote", {{"n": n}})
+            refs.append(weakref.ref(router))
+        del router
+        gc.collect()
+        print("alive", sum(ref() is not None for ref in refs), flush=True)
+    """
+    sender = run_child(script)
+    assert sender.returncode == 0, sender.stderr
+    assert sender.stdout.splitlines() == ["alive 0", "run remote ['remote']"], sender.stderr
+
+    def arrived() -> bool:
+        with server.connect() as raw:
+            return raw.stats().get("queue_remote_items") == "5"
+
+    wait_until(arrived, CHILD_TIMEOUT_S, "the one exit run to flush all five", server)
+    assert sorted(json.loads(m.body)["n"] for m in items(server, "remote")) == list(range(5))

@@ -124,7 +124,8 @@ def test_a_failing_message_is_retried_then_dead_lettered(
         )
         router.add_interface("dead", interface_for(queues=queue + "-dead"))
         router.send(queue, {"job": 7})
-        assert router.consume(queue) == 2  # the delivery and its one retry
+        # the delivery, then its one retry: a call leaves the retried copy for the next one
+        assert [router.consume(queue), router.consume(queue)] == [1, 1]
         (dead,) = router.receive(queue + "-dead")
         assert router.receive(queue) == []
     assert waits == [0.25]

@@ -4,6 +4,7 @@ clock (unix ms) that runs leases out. Several processes at once, and ``kill -9``
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,9 +20,10 @@ from kestrelpy.router.backends.local import (
     open_backend,
 )
 from kestrelpy.router.errors import RouterConfigError
+from kestrelpy.router.router import MAX_HELD_BACKOFF_S, Router
 from kestrelpy.router.wire import Message, pack
 from kestrelpy.storage.lmdb_store import LmdbStorage
-from kestrelpy.storage.shared_queues import SharedQueues, owner_alive, process_start
+from kestrelpy.storage.shared_queues import SharedQueues, owner_alive, process_start, unix_ms
 
 LEASE_MS = 60_000
 EPOCH_MS = 1_700_000_000_000
@@ -364,3 +366,55 @@ def test_good_options_are_taken(tmp_path: Path) -> None:
         assert bodies(backend) == [b"a"]
     finally:
         backend.close()
+
+
+# -- through a Router ----------------------------------------------------------------------------
+
+
+def test_a_late_ack_is_logged_and_the_consume_run_goes_on(
+    tmp_path: Path, store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first delivery outlives its lease (another taker, whose clock is past the
+    deadline, gets the message meanwhile): its ack raises LeaseLost, which is logged as
+    flush logs it; the run goes on to the next message instead of ending."""
+    delivered: list[Any] = []
+    thief = LocalBackend("thief", store_dir, lease_ms=LEASE_MS, clock=_far_future)
+    stolen: list[Lease] = []
+
+    def steal_first(frame: Any, config: dict[str, Any]) -> None:
+        delivered.append(frame.body)
+        if len(delivered) == 1:  # held by the thief until after the consume run
+            stolen.append(take(thief, "jobs"))
+
+    delivery = {"callback": steal_first}
+    config = {"jobs": {"queues": "jobs", "path": str(store_dir), "delivery": delivery}}
+    try:
+        with Router(config, default_path=tmp_path / "d") as router:
+            router.send("jobs", 1)
+            router.send("jobs", 2)
+            with caplog.at_level(logging.WARNING, logger="kestrelpy.router"):
+                assert router.consume("jobs") == 2
+    finally:
+        thief.close()
+    assert delivered == [1, 2]
+    assert stolen[0].message.body == b"1"
+    assert "after the lease ran out" in caplog.text
+
+
+def _far_future() -> int:
+    return unix_ms() + 100 * LEASE_MS
+
+
+def test_a_retry_waits_no_longer_than_a_lease_should_last(tmp_path: Path, store_dir: Path) -> None:
+    waits: list[float] = []
+    retry = {"retry": {"max": 1, "backoff": "fixed", "base_s": 3600, "max_s": 7200}}
+    delivery = {"callback": _fail, "on_error": [retry]}
+    config = {"jobs": {"queues": "jobs", "path": str(store_dir), "delivery": delivery}}
+    with Router(config, default_path=tmp_path / "d", sleep=waits.append) as router:
+        router.send("jobs", 1)
+        assert router.consume("jobs") == 1
+    assert waits == [MAX_HELD_BACKOFF_S]
+
+
+def _fail(frame: Any, config: dict[str, Any]) -> None:
+    raise RuntimeError("fails")

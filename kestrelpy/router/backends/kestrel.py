@@ -2,10 +2,14 @@
 client, with reliable reads.
 
 A message is one queue item (``wire.pack``), written with the raw codec so other memcache
-clients see exactly those bytes. ``take`` is a reliable read (``get q/open``): the item
-stays reserved to this connection until ``ack`` (``/close``) or ``release`` (``/abort``,
-back to the head), and a consumer that dies has it back on the queue when the server sees
-the connection close.
+clients see exactly those bytes, and read as bytes whatever memcache flags the item
+carries (``decode_by_flags=False``): an item another producer put (kestrelpy's JSON codec,
+PHP's compression flag) is a body without headers, decoded by the interface's encoding.
+``take`` is a reliable read (``get q/open``): the item stays reserved to this connection
+until ``ack`` (``/close``) or ``release`` (``/abort``, back to the head), and a consumer
+that dies has it back on the queue when the server sees the connection close. Whatever
+fails after the open (a bad item, an interrupt) aborts the read before it is raised, so
+one bad item never wedges the backend's later takes.
 """
 
 from __future__ import annotations
@@ -56,15 +60,28 @@ class KestrelBackend:
     def take(self, queue: str) -> KestrelLease | None:
         try:
             data = self._client.open(queue, self._read_timeout_ms)
-        except ClientError as err:
-            raise BackendError(f"router interface {self._name!r}: {err}") from err
+        except BaseException as err:
+            if self._client.engine.holds(queue):  # taken, then failed (decoding, say)
+                self.give_back(queue)
+            if isinstance(err, ClientError):
+                raise BackendError(f"router interface {self._name!r}: {err}") from err
+            raise
         if not self._client.engine.holds(queue):
             return None
-        try:
-            message = unpack(data)
-        except BadMessage:
-            message = Message({}, data)  # someone else's item that happens to look like ours
-        return KestrelLease(self, queue, message)
+        try:  # from here on the read is open: whatever goes wrong must not keep it
+            if not isinstance(data, bytes):  # the client decodes nothing (decode_by_flags off)
+                raise BackendError(
+                    f"router interface {self._name!r}: the client gave a "
+                    f"{type(data).__name__}, not the item's bytes"
+                )
+            try:
+                message = unpack(data)
+            except BadMessage:
+                message = Message({}, data)  # someone else's item that happens to look like ours
+            return KestrelLease(self, queue, message)
+        except BaseException:
+            self.give_back(queue)
+            raise
 
     def confirm(self, queue: str) -> None:
         try:
@@ -98,7 +115,9 @@ def open_backend(name: str, options: Mapping[str, Any]) -> KestrelBackend:
     if not isinstance(servers, str | list | tuple):
         raise RouterConfigError(f"{where}: servers: expected 'host:port' or a list of them")
     try:
-        client = Client(servers, codec="raw", timeout_s=float(timeout_s))
+        # Raw bytes whatever an item's memcache flags say: another producer's item (the
+        # JSON codec's mark, PHP's compression flag) is still one body for the router.
+        client = Client(servers, codec="raw", decode_by_flags=False, timeout_s=float(timeout_s))
     except ClientError as err:
         raise RouterConfigError(f"{where}: servers: {err}") from err
     return KestrelBackend(name, client, read_timeout_ms)
