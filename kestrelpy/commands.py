@@ -10,7 +10,7 @@ every command shares: the status refusal and the error line.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from kestrelpy import __version__
 from kestrelpy.clock import now_ms
@@ -65,6 +65,25 @@ def refused(
         out.append(error_line(settings, b"SERVER_ERROR too many connections"))
         return True
     return False
+
+
+# CLIENT_ERROR, not SERVER_ERROR: retrying cannot help, and a Kestrel client answers
+# SERVER_ERROR by trying the same command on another server of the cluster.
+_ADMIN_DISABLED: Final = (
+    b"CLIENT_ERROR admin commands are disabled on this port (admin_commands = false)"
+)
+
+
+def _admin_refused(settings: ServerConfig, out: Out, *, silent: bool = False) -> bool:
+    """True, with a CLIENT_ERROR line in ``out`` unless ``silent`` (noreply), when
+    ``admin_commands = false`` forbids ``shutdown``, ``flush_all``, ``reload`` and setting
+    the status here. The connection is kept: nothing about its framing is in doubt.
+    """
+    if settings.admin_commands:
+        return False
+    if not silent:
+        out.append(error_line(settings, _ADMIN_DISABLED))
+    return True
 
 
 def _refused_write(ctx: ServerContext, settings: ServerConfig, out: Out) -> bool:
@@ -141,6 +160,8 @@ def flush(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out
 
 
 def flush_all(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
+    if _admin_refused(settings, out, silent=request.noreply):
+        return DONE
     if _refused_write(ctx, settings, out):
         return CLOSE
     ctx.collection.flush_all()
@@ -201,6 +222,8 @@ def _queue_blocks(
 
 
 def shutdown(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
+    if _admin_refused(settings, out):
+        return DONE
     ctx.clock.callLater(0, ctx.shutdown)
     return CLOSE
 
@@ -210,6 +233,8 @@ def quit_connection(ctx: ServerContext, settings: ServerConfig, request: Command
 
 
 def reload(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
+    if _admin_refused(settings, out):
+        return DONE
     try:
         ctx.reload()
     except Exception as err:  # a bad file keeps the running config
@@ -222,6 +247,8 @@ def reload(ctx: ServerContext, settings: ServerConfig, request: Command, out: Ou
 def status(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     if not request.args:
         out.append(ctx.status.upper().encode() + b"\r\n")
+        return DONE
+    if _admin_refused(settings, out):  # the query above stays allowed
         return DONE
     wanted = request.args[0].decode("latin-1").lower()
     if wanted not in STATUSES:

@@ -92,6 +92,11 @@ class ServerConfig:
     status_change_grace_period: int = 0  # ms before a tightening status is enforced
     connection_limit_refuse_writes: int = 0  # 0 = off
     connection_limit_refuse_reads: int = 0  # 0 = off
+    # Admin protection (docs/protocol.md §6-§7): false refuses shutdown, flush_all,
+    # status <new> and reload on the memcache port; the HTTP admin API has its own token.
+    admin_commands: bool = True  # Kestrel: any client may run them
+    max_queues: int = 100_000  # creating one more queue is refused; 0 = no limit
+    max_fanout_children: int = 1000  # per fanout parent; 0 = no limit
     http: str = "127.0.0.1:2223"  # HTTP listener (metrics, admin, dashboard); "" = off
     admin_token: str = ""  # Bearer token of the HTTP mutating endpoints; "" = they are refused
     http_peers: tuple[str, ...] = ()  # other servers' "host:port" HTTP, shown by the dashboard
@@ -107,6 +112,11 @@ class ServerConfig:
     item_size_max: int = 16 * 1024 * 1024  # bytes; hard cap: SERVER_ERROR and close
     read_ahead_size: int = 64 * 1024 * 1024  # bytes: global budget of payload cached in RAM
     read_ahead_items: int = 1000  # per-queue cap of items cached in RAM
+    # TLS (SECURITY.md): off unless a listener asks; the files are checked at load time.
+    tls_cert: Path | None = None  # PEM: server certificate, then intermediates
+    tls_key: Path | None = None  # PEM private key, unencrypted; None: inside tls_cert
+    tls_memcache: bool = False  # the memcache listener speaks TLS only (needs tls_cert)
+    tls_http: bool = False  # the HTTP listener speaks HTTPS only (needs tls_cert)
 
 
 SERVER_DEFAULTS: Final = ServerConfig()
@@ -395,6 +405,9 @@ _SERVER_KEYS: Final[Mapping[str, Converter]] = MappingProxyType(
         "status_change_grace_period": _duration(never=False, maximum=INT32_MAX),
         "connection_limit_refuse_writes": _count(),
         "connection_limit_refuse_reads": _count(),
+        "admin_commands": _flag,
+        "max_queues": _count(),
+        "max_fanout_children": _count(),
         "http": _http_address,
         "admin_token": _token,
         "http_peers": _peers,
@@ -410,6 +423,10 @@ _SERVER_KEYS: Final[Mapping[str, Converter]] = MappingProxyType(
         "item_size_max": _size(1),
         "read_ahead_size": _size(),
         "read_ahead_items": _count(),
+        "tls_cert": _path,
+        "tls_key": _path,
+        "tls_memcache": _flag,
+        "tls_http": _flag,
     }
 )
 
@@ -568,8 +585,10 @@ def load_config(
         for name, table in _named_tables(source, document, "aliases").items()
     }
     base = Path.cwd() if path is None else path.absolute().parent
+    server = _finish_server(server, base, host=host, port=port, data_dir=data_dir, http=http)
+    _check_tls(source, server)
     return Config(
-        server=_finish_server(server, base, host=host, port=port, data_dir=data_dir, http=http),
+        server=server,
         defaults=_overlay(QUEUE_DEFAULTS, defaults),
         queue_overrides=MappingProxyType(overrides),
         aliases=MappingProxyType(aliases),
@@ -698,7 +717,35 @@ def _finish_server(
         http=server.http if http is None else _cli("--http", _http_address, http),
         data_dir=data,
         status_file=status,
+        tls_cert=None if server.tls_cert is None else base / server.tls_cert,
+        tls_key=None if server.tls_key is None else base / server.tls_key,
     )
+
+
+def _check_tls(source: _Source, server: ServerConfig) -> None:
+    """TLS keys agree, and the files are readable, valid and match; ConfigError if not.
+
+    Checked here, not when the listener starts, so a bad file is one line naming the key,
+    and a ``reload`` with a bad file keeps the running config.
+    """
+    section = ("server",)
+    wanted = [key for key in ("tls_memcache", "tls_http") if getattr(server, key)]
+    if server.tls_cert is None:
+        if wanted:
+            raise source.error(section, wanted[0], "needs tls_cert (a PEM certificate file)")
+        if server.tls_key is not None:
+            raise source.error(section, "tls_key", "needs tls_cert (a PEM certificate file)")
+        return
+    if not wanted:
+        why = "unused: set tls_memcache and/or tls_http = true (or remove it)"
+        raise source.error(section, "tls_cert", why)
+    from kestrelpy.tls import TlsFileError, load_server_tls  # pyOpenSSL only when TLS is on
+
+    try:
+        load_server_tls(server.tls_cert, server.tls_key or server.tls_cert)
+    except TlsFileError as err:
+        key = "tls_key" if err.which == "key" and server.tls_key is not None else "tls_cert"
+        raise source.error(section, key, str(err)) from err
 
 
 def _cli(flag: str, converter: Callable[[object], _T], value: object) -> _T:

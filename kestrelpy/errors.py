@@ -15,3 +15,30 @@ class StoreError(KestrelpyError):
 
 class StoreFullError(StoreError):
     """The disk (or the store's size limit) is full; writes are refused until space returns."""
+
+
+class PutsRefusedError(StoreFullError):
+    """No room for a commit's puts: they were refused, but its removals and metadata were
+    committed, in the room kept for them (so they must not be retried)."""
+
+
+class DamagedStoreError(StoreError):
+    """The store's data file is truncated or has damaged pages; the message names the file
+    and what to do."""
+
+
+class TooManyQueuesError(KestrelpyError):
+    """Creating a queue would pass ``max_queues`` or ``max_fanout_children``; none was made.
+
+    ``reason`` is the wire text after ``SERVER_ERROR``, e.g. ``too many queues (max_queues
+    = 100000)``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    @property
+    def wire_line(self) -> bytes:
+        """``SERVER_ERROR <reason>`` without CRLF (queue names are latin-1 on the wire)."""
+        return b"SERVER_ERROR " + self.reason.encode("latin-1", "replace")

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from kestrelpy.blocked_read import BlockedRead
 from kestrelpy.clock import now_ms
 from kestrelpy.commands import COMMANDS, MonitorArgs, error_line, parse_monitor, refused
+from kestrelpy.errors import StoreError, TooManyQueuesError
 from kestrelpy.open_reads import OpenReads
 from kestrelpy.queues.queue import OPEN, PEEK, TAKE, Item, Queue
 from kestrelpy.replies import BLOCKED, CLOSE, DONE, STORED_DURABLE, WROTE
@@ -106,7 +107,12 @@ class Session:
             return CLOSE
         flags = request.flags if self._settings.preserve_flags else 0
         now = now_ms(self._clock)
-        accepted = self._collection.put(name, flags, request.exptime, request.data, now)
+        try:
+            accepted = self._collection.put(name, flags, request.exptime, request.data, now)
+        except TooManyQueuesError as err:  # the block is already read: the connection stays usable
+            if not request.noreply:
+                out.append(self._error(err.wire_line))
+            return DONE
         if request.noreply:
             return WROTE if accepted else DONE
         if accepted:
@@ -145,10 +151,19 @@ class Session:
                 return DONE
         if refused(self._status.current, self._settings, self._stats, out, writes=False):
             return CLOSE
-        return self._fetch(request, options, out)
+        try:
+            return self._fetch(request, options, out)
+        except StoreError as err:  # a damaged page: this read fails, nothing moved, we carry on
+            self._log.error("read failed on {queue}: {error}", queue=options.queue, error=err)
+            out.append(self._error(b"SERVER_ERROR store read failed"))
+            return DONE
 
     def _fetch(self, request: Retrieve, options: GetOptions, out: list[Any]) -> int:
-        queue = self._collection.get_or_create(options.queue)
+        try:
+            queue = self._collection.get_or_create(options.queue)
+        except TooManyQueuesError as err:
+            out.append(self._error(err.wire_line))
+            return DONE
         held = self.open_reads.count(options.queue)
         now = now_ms(self._clock)
         if options.peek:
@@ -235,7 +250,11 @@ class Session:
         if name in self._collection.aliases:
             out.append(END)
             return DONE
-        queue = self._collection.get_or_create(name)
+        try:
+            queue = self._collection.get_or_create(name)
+        except TooManyQueuesError as err:
+            out.append(self._error(err.wire_line))
+            return DONE
         most = self._settings.max_open_transactions
         room = min(most if limit is None else limit, most - self.open_reads.count(name))
         now = now_ms(self._clock)

@@ -30,6 +30,7 @@ from kestrelpy.queues.deadlines import Deadlines
 from kestrelpy.server import MemcacheFactory
 from kestrelpy.stats import ServerStats
 from kestrelpy.store import Store
+from kestrelpy.tls import ServerTls, load_server_tls, wrap_factory
 
 if TYPE_CHECKING:
     from kestrelpy.handler import Session
@@ -142,13 +143,24 @@ class KestrelService(MultiService):
         self.http_port: Any = None  # the HTTP listener's, when [server] http is set
         self._metrics: MetricsExporter | None = None  # made at the first scrape
         self._expiry: LoopingCall | None = None
+        self._tls: ServerTls | None = None  # loaded once, shared by both listeners
+        if server.tls_cert is not None and (server.tls_memcache or server.tls_http):
+            self._tls = load_server_tls(server.tls_cert, server.tls_key or server.tls_cert)
         for warning in config.warnings:
             self._log.warn("{warning}", warning=warning)
 
     def startService(self) -> None:
         """Bind the listener (raises CannotListenError when the port is busy)."""
         server = self.config.server
-        factory = MemcacheFactory(self.ctx, self.store)
+        factory: Any = MemcacheFactory(self.ctx, self.store)
+        if server.tls_memcache:
+            factory = self._with_tls(factory)  # decided once here: no per-request check
+        if not is_loopback(server.listen_address):
+            self._log.warn(
+                "memcache listener on {host}: reachable from the network, and the memcache "
+                "protocol has no authentication (see SECURITY.md)",
+                host=server.listen_address,
+            )
         self.port = self._reactor.listenTCP(
             server.memcache_port,
             factory,
@@ -157,12 +169,14 @@ class KestrelService(MultiService):
         )
         address = self.port.getHost()
         self._log.info(
-            "kestrelpy {version} listening on {host}:{port} (data dir {data_dir}, sync {sync})",
+            "kestrelpy {version} listening on {host}:{port} "
+            "(data dir {data_dir}, sync {sync}{tls})",
             version=__version__,
             host=address.host,
             port=address.port,
             data_dir=str(server.data_dir),
             sync=server.sync,
+            tls=", tls" if server.tls_memcache else "",
         )
         if server.http:
             self._listen_http(server.http)
@@ -183,10 +197,24 @@ class KestrelService(MultiService):
                 host=host or "every interface",
             )
         app = HttpApp(self.ctx, self.store, self._render_metrics, self._ready)
-        self.http_port = self._reactor.listenTCP(int(port), make_site(app), interface=host)
+        site: Any = make_site(app)
+        tls = self.config.server.tls_http
+        if tls:
+            site = self._with_tls(site)
+        self.http_port = self._reactor.listenTCP(int(port), site, interface=host)
         bound = self.http_port.getHost()
         app.address = f"{host}:{bound.port}"
-        self._log.info("http listening on {host}:{port}", host=bound.host, port=bound.port)
+        self._log.info(
+            "http listening on {host}:{port}{tls}",
+            host=bound.host,
+            port=bound.port,
+            tls=" (https)" if tls else "",
+        )
+
+    def _with_tls(self, factory: Any) -> Any:
+        """``factory`` behind TLS with the configured certificate (checked at load)."""
+        assert self._tls is not None, "tls_memcache/tls_http without tls_cert (config check)"
+        return wrap_factory(self._tls, factory)
 
     def _render_metrics(self) -> bytes:
         """/metrics; the registry is built at the first scrape (none if nobody scrapes)."""

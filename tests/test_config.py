@@ -111,7 +111,7 @@ def test_every_default_written_out_loads_back_unchanged(tmp_path: Path) -> None:
     server_lines = [
         f"{f.name} = {toml_value(f.default)}"
         for f in dataclasses.fields(ServerConfig)
-        if f.name != "status_file"
+        if f.name not in ("status_file", "tls_cert", "tls_key")  # None: no TOML spelling
     ]
     path = write_conf(
         tmp_path, "\n".join(["[server]", *server_lines, "[defaults]", *queue_lines]) + "\n"
@@ -737,4 +737,37 @@ def test_router_accept_needs_a_token(tmp_path: Path, text: str) -> None:
 def test_bad_router_accept_keys(tmp_path: Path, line: str, expected: str) -> None:
     message = load_error(write_conf(tmp_path, f"[server]\n{line}\n"))
     assert_located(message, 2, "[server]", line.split(" = ")[0])
+    assert expected in message
+
+
+def test_admin_protection_keys(tmp_path: Path) -> None:
+    """Issue 18 finding 6: Kestrel's open admin by default; limits generous but finite."""
+    defaults = SERVER_DEFAULTS
+    assert (defaults.admin_commands, defaults.max_queues, defaults.max_fanout_children) == (
+        True,
+        100_000,
+        1000,
+    )
+    path = write_conf(
+        tmp_path, "[server]\nadmin_commands = false\nmax_queues = 3\nmax_fanout_children = 0\n"
+    )
+    server = load_config(path).server
+    assert (server.admin_commands, server.max_queues, server.max_fanout_children) == (False, 3, 0)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('admin_commands = "no"', 'expected true or false, got "no"'),
+        ("admin_commands = 0", "expected true or false, got 0"),
+        ("max_queues = -1", "expected an integer from 0 to 2147483647, got -1"),
+        ("max_queues = 99999999999999999999", "expected an integer from 0 to 2147483647"),
+        ('max_queues = "10"', "expected an integer from 0 to 2147483647"),
+        ("max_fanout_children = 1.5", "expected an integer from 0 to 2147483647, got 1.5"),
+        ("max_fanout_children = true", "expected an integer from 0 to 2147483647, got true"),
+    ],
+)
+def test_bad_admin_protection_keys(tmp_path: Path, line: str, expected: str) -> None:
+    message = load_error(write_conf(tmp_path, f"[server]\n# limits\n{line}\n"))
+    assert_located(message, 3, "[server]", line.split(" = ")[0])
     assert expected in message

@@ -6,7 +6,8 @@ on the reactor thread at the end of the reactor turn (a commit without fsync cos
 than a thread hand-off), and ``"periodic"`` fsyncs from a timer thread. Every batch's
 listeners are told, in commit order, whether it reached the store. A failed commit pauses
 commits for ``_RETRY_PAUSE_S`` (retrying at once would spin on a full disk); its removals
-ride the next batch, and its puts are reported to the rollback handler.
+ride the next batch (unless the storage committed them alone, in the room it keeps for
+them: ``PutsRefusedError``), and its puts are reported to the rollback handler.
 
 The storage is anything with the :class:`Committer` methods, so the scheduler runs in
 tests on a ``twisted.internet.task.Clock`` over a plain Python object.
@@ -27,7 +28,7 @@ from kestrelpy.commits.lanes import Lanes
 from kestrelpy.commits.stats import CommitStats
 from kestrelpy.commits.threads import PeriodicSyncer, Writer
 from kestrelpy.config import SyncPolicy
-from kestrelpy.errors import StoreError
+from kestrelpy.errors import PutsRefusedError, StoreError
 
 _RETRY_PAUSE_S = 0.5
 _LAZY_COMMIT_S = 0.02  # removals alone wait this long for a write to ride along with
@@ -241,7 +242,8 @@ class CommitScheduler:
                 count=len(batch.puts),
                 error=str(error),
             )
-            self.lanes.pending.carry_over_from(batch)
+            if not isinstance(error, PutsRefusedError):  # its removals were committed
+                self.lanes.pending.carry_over_from(batch)
             if batch.puts and self._rollback is not None:
                 self._rollback(batch.lost_puts())
             self._pause()

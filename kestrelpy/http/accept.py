@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+from kestrelpy.errors import TooManyQueuesError
 from kestrelpy.http.app import HttpApp, queue_name
 from kestrelpy.router.encodings import ENCODINGS
 from kestrelpy.router.wire import MARKER, BadMessage, unpack
@@ -39,7 +40,8 @@ def accept(app: HttpApp, request: Any, raw_name: str) -> object:
 
     404 endpoint off, 401 no bearer token, 403 wrong token, 400 bad queue name or not a
     router message, 415 an encoding refused (pickle), 503 the server's status refuses
-    writes, 507 the queue refused the item (full, or over its ``max_item_size``), 500 the
+    writes, 507 the queue refused the item (full, or over its ``max_item_size``) or could
+    not be created (``max_queues``, ``max_fanout_children``), 500 the
     commit failed. Bodies over the listener's limit were refused (413) before this runs.
     """
     settings = app.ctx.settings
@@ -61,7 +63,11 @@ def accept(app: HttpApp, request: Any, raw_name: str) -> object:
     problem = message_problem(data)
     if problem is not None:
         return app.error(request, *problem)
-    if not app.ctx.collection.put(name, 0, 0, data, app.now_ms()):
+    try:
+        stored = app.ctx.collection.put(name, 0, 0, data, app.now_ms())
+    except TooManyQueuesError as err:  # max_queues / max_fanout_children: nothing was created
+        return app.error(request, 507, f"not stored: {err.reason}")
+    if not stored:
         why = f"not stored: queue {name!r} is full or the item is over its max_item_size"
         return app.error(request, 507, why)
     return app.after_commit(request, {"queue": name, "stored": 1}, 201)

@@ -6,10 +6,13 @@ and the router) use; none of them touch the store directly.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from twisted.logger import Logger
 
 from kestrelpy.clock import ReactorClock, now_s
 from kestrelpy.config import Config
+from kestrelpy.errors import TooManyQueuesError
 from kestrelpy.payload import Payload
 from kestrelpy.queues.expiry import expiry_ms
 from kestrelpy.queues.item_store import ItemStore
@@ -66,14 +69,44 @@ class QueueCollection:
         return self._queues.get(name)
 
     def get_or_create(self, name: str) -> Queue:
+        """The queue ``name``, created if missing.
+
+        Raises :class:`TooManyQueuesError` when creating it would pass ``max_queues`` or its
+        parent's ``max_fanout_children``: then nothing is created (no queue, no store record,
+        no stats line). Queues loaded at start are never refused, only new ones.
+        """
         queue = self._queues.get(name)
         if queue is None:
+            self.check_room((name,))
             created = now_s(self._clock)
             queue_id = self._store.create_queue(name, created)
             queue = self._new_queue(name, queue_id, created)
             self._register(queue)
             self._stats.queue_creates += 1
         return queue
+
+    def check_room(self, new: Collection[str]) -> None:
+        """Raise :class:`TooManyQueuesError` unless the queues ``new`` (distinct names, none of
+        them existing yet) can all be created within ``max_queues`` and
+        ``max_fanout_children``. O(len(new)): runs only when a queue is about to be made.
+        """
+        server = self._config.server
+        limit = server.max_queues
+        if limit and len(self._queues) + len(new) > limit:
+            raise TooManyQueuesError(f"too many queues (max_queues = {limit})")
+        per_parent = server.max_fanout_children
+        if not per_parent:
+            return
+        extra: dict[str, int] = {}
+        for name in new:
+            parent, plus, _child = name.partition("+")
+            if plus:
+                extra[parent] = extra.get(parent, 0) + 1
+        for parent, count in extra.items():
+            if len(self._children.get(parent, ())) + count > per_parent:
+                raise TooManyQueuesError(
+                    f"too many fanout children of {parent!r} (max_fanout_children = {per_parent})"
+                )
 
     def children_of(self, name: str) -> list[str]:
         return sorted(self._children.get(name, {}))
@@ -123,11 +156,18 @@ class QueueCollection:
     def put(self, name: str, flags: int, exptime: int, data: Payload, now_ms: int) -> bool:
         """Add to a queue, its fanout children, or an alias's destinations.
 
-        True when the item was accepted (for an alias: by every destination).
+        True when the item was accepted (for an alias: by every destination). Raises
+        :class:`TooManyQueuesError` before anything is stored when a queue it would create (the
+        named one, or any of an alias's destinations) is over a limit.
         """
         expiry = expiry_ms(exptime, now_ms)
         destinations = self.aliases.get(name)
         if destinations is not None:
+            new = [dest for dest in dict.fromkeys(destinations) if dest not in self._queues]
+            if new:  # all or none: no destination gets the item if one cannot be made
+                self.check_room(new)
+                for dest in new:
+                    self.get_or_create(dest)
             self.alias_put_items[name] = self.alias_put_items.get(name, 0) + 1
             self.alias_put_bytes[name] = self.alias_put_bytes.get(name, 0) + len(data)
             accepted = True
@@ -137,11 +177,11 @@ class QueueCollection:
         return self._put_one(name, flags, expiry, data, now_ms)
 
     def _put_one(self, name: str, flags: int, expiry: int, data: Payload, now_ms: int) -> bool:
+        queue = self._queues.get(name) or self.get_or_create(name)  # refused: nothing put yet
         children = self._children.get(name)
         if children:
             for child in children.values():
                 child.put(flags, expiry, data, now_ms)
-        queue = self._queues.get(name) or self.get_or_create(name)
         if queue.config.fanout_only and "+" not in name:
             return True  # a fanout-only parent keeps nothing, yet says STORED; children ignore it
         return queue.put(flags, expiry, data, now_ms)
@@ -149,7 +189,15 @@ class QueueCollection:
     def _expired(self, queue: Queue, item: Item) -> None:
         target = queue.expire_to_queue
         if target and target != queue.name:
-            self._put_one(target, item.flags, 0, item.data, item.added_ms)
+            try:
+                self._put_one(target, item.flags, 0, item.data, item.added_ms)
+            except TooManyQueuesError as err:  # the item has expired: dropped, as with no target
+                self._log.warn(
+                    "expired item of {queue} dropped, not moved to {target}: {why}",
+                    queue=queue.name,
+                    target=target,
+                    why=err.reason,
+                )
 
     def delete(self, name: str) -> list[Waiter]:
         """Drop a queue and its items; returns its blocked readers for the caller to end."""

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import lmdb
 
 from kestrelpy.config import SyncPolicy
-from kestrelpy.errors import StoreError, StoreFullError
+from kestrelpy.errors import DamagedStoreError, PutsRefusedError, StoreError, StoreFullError
 from kestrelpy.storage.layout import (
     COUNTER_PREFIX,
     COUNTERS,
@@ -42,6 +42,27 @@ __all__ = ["LmdbStorage", "QueueRecord", "StagedWrites", "StoredItem", "inspect_
 _INITIAL_MAP_SIZE = 16 * 1024 * 1024
 _MAX_MAP_STEP = 1024 * 1024 * 1024  # grow by doubling, but by at most 1 GiB at a time
 _MAP_GROWTHS = 16  # a commit that still does not fit after this many growths fails
+_MIN_REMOVAL_RESERVE = 1024 * 1024
+_REMOVAL_RESERVE_SHARE = 128  # of the data file kept for removals: a full flush's free list
+# needs about 1/512 of the file (an 8-byte page number per 4 KiB page) plus its branch pages
+
+
+# What LMDB raises for a data file that is not a sound store (at open: too short for its
+# meta pages, or not an LMDB file); a permission or lock problem is not "damaged".
+_DAMAGE = (
+    lmdb.InvalidError,
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.VersionMismatchError,
+)
+
+
+def removal_reserve(file_bytes: int) -> int:
+    """Bytes at the end of the data file that only removals may use: puts see a map this
+    much smaller than the reserved file, so when the disk is full and the map cannot grow,
+    a ``get``, ``delete`` or ``flush`` can still commit (their copy-on-write pages and the
+    free list need room too)."""
+    return max(_MIN_REMOVAL_RESERVE, file_bytes // _REMOVAL_RESERVE_SHARE)
 
 
 class StagedWrites(Protocol):
@@ -84,32 +105,45 @@ class LmdbStorage:
     def __init__(self, path: Path, *, sync: SyncPolicy = "always") -> None:
         self._path = path
         self._sync = sync
-        self._env = _open_env(path, sync=(sync == "always"))
-        self._items_db = self._env.open_db(b"items")
-        self._queues_db = self._env.open_db(b"queues")
-        self._meta_db = self._env.open_db(b"meta")
+        self._env, self._file_bytes = _open_env(path, sync=(sync == "always"))
+        try:
+            self._items_db = self._env.open_db(b"items")
+            self._queues_db = self._env.open_db(b"queues")
+            self._meta_db = self._env.open_db(b"meta")
+            self._counters: dict[int, tuple[int, int]] = self._read_counters()
+        except lmdb.Error as err:
+            self._env.close()
+            raise _damaged(path, err, "serve") from err
         self._env_lock = threading.Lock()  # map resizes vs. reactor-thread read transactions
-        self._counters: dict[int, tuple[int, int]] = self._read_counters()
         self._unsynced = threading.Event()  # committed since the last sync ("periodic")
 
     # ---------------------------------------------------------------------- reads
 
     def next_queue_id(self) -> int:
         """The first queue id never handed out (ids are never reused)."""
-        with self._env.begin() as txn:
-            raw = txn.get(NEXT_QID_KEY, db=self._meta_db)
-            return int(U32.unpack(raw)[0]) if raw else 1
+        try:
+            with self._env.begin() as txn:
+                raw = txn.get(NEXT_QID_KEY, db=self._meta_db)
+                return int(U32.unpack(raw)[0]) if raw else 1
+        except lmdb.Error as err:
+            raise _damaged(self._path, err, "serve") from err
 
     def load_queues(self) -> list[QueueRecord]:
         """Every stored queue with its head, tail and counters: O(queues * log(items))."""
-        with self._env_lock, self._env.begin() as txn:
-            return _queue_records(txn, self._items_db, self._queues_db, self._meta_db)
+        try:
+            with self._env_lock, self._env.begin() as txn:
+                return _queue_records(txn, self._items_db, self._queues_db, self._meta_db)
+        except lmdb.Error as err:
+            raise _damaged(self._path, err, "serve") from err
 
     def get_record(self, name: bytes) -> bytes | None:
         """A small server record as last committed."""
-        with self._env_lock, self._env.begin() as txn:
-            value = txn.get(RECORD_PREFIX + name, db=self._meta_db)
-            return bytes(value) if value is not None else None
+        try:
+            with self._env_lock, self._env.begin() as txn:
+                value = txn.get(RECORD_PREFIX + name, db=self._meta_db)
+                return bytes(value) if value is not None else None
+        except lmdb.Error as err:
+            raise _damaged(self._path, err, "serve") from err
 
     def read_items(
         self,
@@ -127,7 +161,24 @@ class LmdbStorage:
         least one). Staged puts are looked up by id in the gaps of the committed range:
         the lanes commit in id order but interleave, so a large item may still be staged
         while later small ones are committed.
+
+        A damaged page raises :class:`DamagedStoreError` (the caller answers
+        ``SERVER_ERROR``; nothing was read, so the queue is as it was).
         """
+        try:
+            return self._read_items(queue_id, from_id, end_id, max_items, max_bytes, staged)
+        except lmdb.Error as err:
+            raise _damaged(self._path, err, "serve") from err
+
+    def _read_items(
+        self,
+        queue_id: int,
+        from_id: int,
+        end_id: int,
+        max_items: int,
+        max_bytes: int,
+        staged: Sequence[Mapping[bytes, bytes]],
+    ) -> list[StoredItem]:
         found: list[StoredItem] = []
         budget = max_bytes
         anything_staged = any(staged)
@@ -163,8 +214,10 @@ class LmdbStorage:
 
     def map_size_bytes(self) -> int:
         """The size of the memory map: the store's data file may grow to it before the
-        map itself grows (by doubling; metrics of the store size). Any thread."""
-        return int(self._env.info()["map_size"])
+        map itself grows (by doubling; metrics of the store size). Any thread.
+
+        The reserved data file, that is: puts see a map :func:`removal_reserve` smaller."""
+        return self._file_bytes
 
     # --------------------------------------------------------------------- writes
 
@@ -172,7 +225,10 @@ class LmdbStorage:
         """Write one batch in one transaction (with fsync under ``sync="always"``).
 
         Returns why it failed, having written nothing of it; a full map is grown (and its
-        disk blocks reserved) and the commit retried.
+        disk blocks reserved) and the commit retried. When the map cannot grow (a full
+        disk), the batch's removals and metadata are committed alone, in the room kept
+        for them (:func:`removal_reserve`), and only its puts are refused
+        (:class:`PutsRefusedError`).
         """
         if batch.is_empty():
             return None
@@ -184,19 +240,46 @@ class LmdbStorage:
                 try:
                     self._grow_map()
                 except OSError as err:
-                    return StoreFullError(f"cannot grow the store: {err.strerror}")
+                    return self._commit_in_reserve(batch, f"cannot grow the store: {err.strerror}")
                 continue
             except lmdb.Error as err:
                 return _store_error(err)
-            for qid, counts in counter_updates:
-                if counts is None:
-                    self._counters.pop(qid, None)
-                else:
-                    self._counters[qid] = counts
-            if self._sync == "periodic":
-                self._unsynced.set()
+            self._committed(counter_updates)
             return None
-        return StoreFullError("store map cannot grow further")
+        return self._commit_in_reserve(batch, "store map cannot grow further")
+
+    def _commit_in_reserve(self, batch: StagedWrites, why: str) -> StoreError | None:
+        """The map cannot grow: commit all but the puts with the removal reserve opened.
+
+        None when the batch had no puts; :class:`PutsRefusedError` when only its puts were
+        refused; a plain error when even the rest did not fit (nothing written).
+        """
+        rest = _WithoutPuts(batch)
+        if rest.is_empty():
+            return StoreFullError(why)
+        with self._env_lock:
+            self._env.set_mapsize(self._file_bytes)  # its disk blocks are reserved already
+        try:
+            with self._env.begin(write=True) as txn:
+                counter_updates = self._apply(txn, rest)
+        except lmdb.MapFullError:
+            return StoreFullError(f"{why}; no room left even for removals")
+        except lmdb.Error as err:
+            return _store_error(err)
+        finally:
+            with self._env_lock:  # LMDB keeps it at least as large as the pages in use
+                self._env.set_mapsize(self._file_bytes - removal_reserve(self._file_bytes))
+        self._committed(counter_updates)
+        return PutsRefusedError(why) if batch.puts else None
+
+    def _committed(self, counter_updates: list[tuple[int, tuple[int, int] | None]]) -> None:
+        for qid, counts in counter_updates:
+            if counts is None:
+                self._counters.pop(qid, None)
+            else:
+                self._counters[qid] = counts
+        if self._sync == "periodic":
+            self._unsynced.set()
 
     def sync(self) -> bool:
         """fsync, when anything was committed since the last sync (fsync thread).
@@ -222,10 +305,11 @@ class LmdbStorage:
         StoreFullError, before any commit depends on the new space.
         """
         with self._env_lock:
-            size = self._env.info()["map_size"]
+            size = self._file_bytes
             new_size = size + min(size, _MAX_MAP_STEP)
             _reserve(self._path, new_size)
-            self._env.set_mapsize(new_size)
+            self._env.set_mapsize(new_size - removal_reserve(new_size))
+            self._file_bytes = new_size
 
     def _apply(self, txn: Any, batch: StagedWrites) -> list[tuple[int, tuple[int, int] | None]]:
         """Stage a batch in ``txn``; returns the counter values to remember once committed.
@@ -303,8 +387,12 @@ class LmdbStorage:
         return counters
 
 
-def _open_env(path: Path, *, sync: bool) -> Any:
-    """Open the environment, and reserve disk blocks for its map.
+def _open_env(path: Path, *, sync: bool) -> tuple[Any, int]:
+    """Open the environment, and reserve disk blocks for its map; returns it and the
+    bytes reserved (the data file's size).
+
+    A data file shorter than its pages is refused before anything reads them: through the
+    map, a page past the end of the file is SIGBUS, not an error.
 
     Not with writemap: it makes a small commit ~4x cheaper, but a commit then writes
     into pages the periodic fsync may be writing back, and the kernel stalls those
@@ -313,11 +401,12 @@ def _open_env(path: Path, *, sync: bool) -> Any:
     """
     path.mkdir(parents=True, exist_ok=True)
     data_file = path / "data.mdb"
-    map_size = max(_INITIAL_MAP_SIZE, data_file.stat().st_size if data_file.exists() else 0)
+    file_bytes = data_file.stat().st_size if data_file.exists() else 0
+    map_size = max(_INITIAL_MAP_SIZE, file_bytes)
     try:
         env = lmdb.open(
             str(path),
-            map_size=map_size,
+            map_size=map_size - removal_reserve(map_size),
             max_dbs=4,
             sync=sync,
             metasync=sync,
@@ -325,12 +414,62 @@ def _open_env(path: Path, *, sync: bool) -> Any:
             readahead=False,
             map_async=False,
         )
-        _reserve(path, map_size)
-        return env
+    except _DAMAGE as err:
+        raise _damaged(path, err, "serve") from err
     except lmdb.Error as err:
         raise StoreError(f"cannot open store in {path}: {err}") from err
+    try:
+        if file_bytes:
+            _check_length(env, path, file_bytes, "serve")
+        _reserve(path, map_size)
+        return env, map_size
     except OSError as err:
+        env.close()
         raise StoreFullError(f"cannot reserve {map_size} bytes in {path}: {err.strerror}") from err
+    except StoreError:
+        env.close()
+        raise
+
+
+def _check_length(env: Any, path: Path, file_bytes: int, command: str) -> None:
+    """Refuse a data file shorter than the pages its meta page says are in use."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    if file_bytes < needed:
+        raise _damaged(path, f"truncated: {file_bytes} bytes, its pages need {needed}", command)
+
+
+def _damaged(path: Path, why: object, command: str) -> DamagedStoreError:
+    """One line naming the damaged file and what to do."""
+    advice = (
+        "restore the store from a copy"
+        if command == "dump-store"
+        else f"see what is still readable with `kestrelpy dump-store --data-dir {path}`, "
+        "or restore the store from a copy"
+    )
+    return DamagedStoreError(f"{path / 'data.mdb'}: store damaged ({why}); {advice}")
+
+
+class _WithoutPuts:
+    """A batch's removals and metadata, without its puts (a commit in the removal reserve)."""
+
+    def __init__(self, batch: StagedWrites) -> None:
+        self.puts: Mapping[bytes, bytes] = {}
+        self.deletes = batch.deletes
+        self.truncations = batch.truncations
+        self.dropped_queues = batch.dropped_queues
+        self.new_queues = batch.new_queues
+        self.records = batch.records
+        self.next_qid = batch.next_qid
+
+    def is_empty(self) -> bool:
+        return not (
+            self.deletes
+            or self.truncations
+            or self.dropped_queues
+            or self.new_queues
+            or self.records
+            or self.next_qid is not None
+        )
 
 
 def _reserve(path: Path, size: int) -> None:
@@ -412,15 +551,20 @@ def inspect_store(path: Path) -> list[QueueRecord]:
         raise StoreError(f"{path}: no kestrelpy store here (data.mdb missing)")
     try:
         env = lmdb.open(str(path), readonly=True, max_dbs=4, lock=True)
+    except _DAMAGE as err:
+        raise _damaged(path, err, "dump-store") from err
     except lmdb.Error as err:
         raise StoreError(f"cannot open store in {path}: {err}") from err
     try:
+        _check_length(env, path, (path / "data.mdb").stat().st_size, "dump-store")
         items_db = env.open_db(b"items", create=False)
         queues_db = env.open_db(b"queues", create=False)
         meta_db = env.open_db(b"meta", create=False)
         with env.begin() as txn:
             return _queue_records(txn, items_db, queues_db, meta_db)
+    except lmdb.NotFoundError as err:  # a sound LMDB file without our databases
+        raise StoreError(f"{path}: not a kestrelpy store ({err})") from err
     except lmdb.Error as err:
-        raise StoreError(f"cannot read store in {path}: {err}") from err
+        raise _damaged(path, err, "dump-store") from err
     finally:
         env.close()

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from commit_rig import BIG, WAIT_S, Rig, rigs
 
+from kestrelpy.errors import PutsRefusedError
+
 POLICIES = ["never", "always"]
 
 
@@ -187,3 +189,26 @@ def test_periodic_commits_inline_and_syncs_from_its_own_thread(
     rig.clock.advance(0)
     assert rig.log == ["commit 0"]
     assert rig.storage.synced.wait(WAIT_S)
+
+
+@pytest.mark.parametrize("sync", POLICIES)
+def test_removals_the_storage_committed_alone_are_not_carried_over(
+    make: Callable[..., Rig], sync: str
+) -> None:
+    """Issue 18, finding 5: ``PutsRefusedError`` means the removals are in the store; the
+    next commit must not take them along (on a full disk it would fail with them)."""
+    rig = make(sync)
+    rig.put(0)
+    rig.remove(50)
+    rig.listen("refused")
+    rig.storage.failures.append(PutsRefusedError("no room for puts"))
+    end_turn(rig)
+    assert rig.log == ["failed 0", "heard refused False"]
+    rig.put(1)
+    rig.listen("next")
+    rig.clock.advance(0.5)
+    end_turn(rig)
+    assert rig.log[2:] == ["commit 1", "heard next True"]
+    (next_batch,) = rig.storage.committed
+    assert next_batch.deletes == {}
+    assert [item_id for _qid, item_id, _size in rig.lost] == [0]

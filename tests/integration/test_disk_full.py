@@ -260,3 +260,76 @@ def test_a_disk_too_small_for_the_initial_map_is_one_line_exit_2_then_starts(
     with srv.connect() as conn:
         assert conn.get("q") == b"hello"
     srv.stop()
+
+
+def fill_until_refused(conn, queue: str, srv: ServerProcess) -> int:
+    """Big sets in bursts, then small ones, until both are refused: the map is full to its
+    last page that puts may use. Returns how many were STORED."""
+    stored = 0
+    for size, burst in ((ITEM_BYTES, BURST), (4000, 50), (100, 200)):
+        refused = False
+        index = 0
+        while not refused:
+            assert index < MAX_FILL_SETS * 20, f"never refused\n{srv.log()}"
+            data = [b"%05d:" % (index + n) + b"f" * (size - 6) for n in range(burst)]
+            index += burst
+            conn.send(
+                b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (queue.encode(), size, d) for d in data)
+            )
+            for _ in data:
+                reply = conn.read_line(timeout=10)
+                if reply == b"STORED\r\n":
+                    stored += 1
+                else:
+                    assert reply == COMMIT_FAILED, reply
+                    refused = True
+    return stored
+
+
+def test_removals_commit_on_a_full_disk_and_never_block_later_sets(small_fs, server_factory):
+    """Issue 18, finding 5: removals have room kept for them; a refused set's commit does
+    not take them along, and nothing failed is retried in every later commit."""
+    ballast = small_fs / "ballast"
+    write_ballast(ballast, BALLAST_BYTES)
+    srv: ServerProcess = server_factory(CONFIG, data_dir=small_fs / "data")
+    with srv.connect(timeout=10) as conn:
+        assert conn.set("side", b"side-item") == b"STORED\r\n"
+        stored = fill_until_refused(conn, "fq", srv)
+        assert stored > 20, stored
+        assert conn.get("side") == b"side-item"  # a removal, committed on its own
+        assert conn.request(b"flush fq") == b"END\r\n", srv.log()
+        with srv.connect() as other:
+            assert other.stats().get("queue_fq_items") == "0"
+        # The flush freed pages: sets fit again, without the disk having any more room.
+        data = body("after", 0)
+        assert conn.set("after", data) == b"STORED\r\n", srv.log()
+    srv.stop()
+    srv.start()
+    with srv.connect(timeout=10) as conn:
+        stats = conn.stats()
+        assert stats.get("queue_fq_items") == "0", "the flush was not committed"
+        assert stats.get("queue_side_items") == "0", "the get's removal was not committed"
+        assert conn.get("after") == body("after", 0)
+    srv.stop()
+
+
+def test_after_a_restart_on_a_full_disk_delete_commits_and_sets_resume(small_fs, server_factory):
+    ballast = small_fs / "ballast"
+    write_ballast(ballast, BALLAST_BYTES)
+    srv: ServerProcess = server_factory(CONFIG, data_dir=small_fs / "data")
+    with srv.connect(timeout=10) as conn:
+        assert fill_until_refused(conn, "fq", srv) > 20
+        assert conn.set("keep", b"kept") in (b"STORED\r\n", COMMIT_FAILED)
+    srv.stop()
+    srv.start()  # the disk is still full
+    with srv.connect(timeout=10) as conn:
+        assert conn.request(b"delete fq") == b"DELETED\r\n", srv.log()
+        for index in range(10):  # no failed removal rides these commits
+            assert conn.set("after", body("after", index)) == b"STORED\r\n", srv.log()
+    srv.stop()
+    srv.start()
+    with srv.connect(timeout=10) as conn:
+        stats = conn.stats()
+        assert "queue_fq_items" not in stats, "the delete was not committed"
+        assert stats.get("queue_after_items") == "10"
+    srv.stop()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from memory_store import MemoryStore
 from twisted.internet.task import Clock
 
 from kestrelpy.config import Config, QueueConfig, ServerConfig
+from kestrelpy.errors import TooManyQueuesError
 from kestrelpy.queues.collection import QueueCollection
 from kestrelpy.stats import ServerStats
 
@@ -65,3 +67,36 @@ def test_delete_hands_back_the_blocked_readers() -> None:
     assert ended == ["r"]
     assert collection.get("q") is None
     assert store.written("drop_queue") == [("q",)]
+
+
+def capped_collection(store: MemoryStore, **server: int) -> QueueCollection:
+    config = Config(
+        server=ServerConfig(**server),  # type: ignore[arg-type]
+        defaults=QueueConfig(),
+        queue_overrides={"old": {"max_age": 1000, "expire_to_queue": "dead"}},
+    )
+    return QueueCollection(store, config, ServerStats(0), Clock())
+
+
+def test_a_refused_queue_leaves_no_trace() -> None:
+    store = MemoryStore()
+    collection = capped_collection(store, max_queues=2, max_fanout_children=1)
+    collection.get_or_create("a")
+    collection.get_or_create("p+c1")
+    with pytest.raises(TooManyQueuesError, match=r"^too many queues \(max_queues = 2\)$"):
+        collection.put("b", 0, 0, b"x", NOW)
+    assert collection.names() == ["a", "p+c1"] and sorted(store.queues) == ["a", "p+c1"]
+    collection.delete("a")
+    with pytest.raises(TooManyQueuesError, match="too many fanout children of 'p'"):
+        collection.get_or_create("p+c2")
+    assert collection.children_of("p") == ["p+c1"]
+    assert collection.put("p", 0, 0, b"x", NOW)  # the parent is not a child: created
+
+
+def test_an_expired_item_whose_target_cannot_be_made_is_dropped() -> None:
+    store = MemoryStore()
+    collection = capped_collection(store, max_queues=1)
+    assert collection.put("old", 0, 0, b"x", NOW)
+    queue = collection.get("old")
+    assert queue is not None and queue.take(NOW + 2000) is None  # expired; "dead" refused
+    assert collection.names() == ["old"]

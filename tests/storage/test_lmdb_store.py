@@ -608,3 +608,49 @@ def test_storage_reads_fill_gaps_from_staged_puts(tmp_path: Path) -> None:
         assert ids_of(storage.read_items(1, 1, 3, 1, 100, [staged])) == [1]
     finally:
         storage.close()
+
+
+# ------------------------------------------------------------ the removal reserve
+
+
+def test_a_full_map_that_cannot_grow_refuses_puts_but_commits_removals(tmp_path, monkeypatch):
+    """Issue 18, finding 5: when the disk cannot take a bigger map, a batch's removals
+    commit in the room kept for them and only its puts are refused; removals alone commit."""
+    import errno
+
+    from kestrelpy.errors import PutsRefusedError, StoreFullError
+    from kestrelpy.storage import lmdb_store
+    from kestrelpy.storage.layout import item_header, item_key
+
+    storage = LmdbStorage(tmp_path / "db", sync="never")
+
+    def disk_full(path: Path, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lmdb_store, "_reserve", disk_full)
+    value = item_header(0, 0, 0) + b"v" * 200
+    item_id = 0
+    error = None
+    while error is None:  # fill the map to the last page puts may use
+        batch = Batch(item_id)
+        for _ in range(64):
+            batch.puts[item_key(1, item_id)] = value
+            item_id += 1
+        error = storage.commit(batch)
+    assert type(error) is StoreFullError, error  # puts alone: nothing else to commit
+    stored = [i.item_id for i in storage.read_items(1, 0, item_id, 10**6, 10**9)]
+    assert stored and len(stored) < item_id
+
+    mixed = Batch(-1)
+    mixed.puts[item_key(1, item_id)] = value
+    mixed.deletes[item_key(1, stored[0])] = 200
+    mixed.truncations.append((1, stored[1], stored[len(stored) // 2]))
+    assert isinstance(storage.commit(mixed), PutsRefusedError)
+    left = [i.item_id for i in storage.read_items(1, 0, item_id + 1, 10**6, 10**9)]
+    assert left == stored[len(stored) // 2 :], "the removals of the refused batch were lost"
+
+    removals = Batch(-2)
+    removals.truncations.append((1, 0, item_id + 1))
+    assert storage.commit(removals) is None
+    assert storage.read_items(1, 0, item_id + 1, 10**6, 10**9) == []
+    storage.close()
