@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck bench system-deps clean
+.PHONY: serve test lint typecheck bench soak fuzz system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,17 @@ typecheck: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m loadtest.bench
+
+# Long runs of tests/faults: the kill -9 crash loop (rounds per sync policy) and the live
+# fuzz suite (hypothesis examples). SOAK_ROUNDS/FUZZ_EXAMPLES override the sizes.
+SOAK_ROUNDS ?= 200
+FUZZ_EXAMPLES ?= 5000
+
+soak: $(VENV)/.installed-test
+	KESTRELPY_SOAK_ROUNDS=$(SOAK_ROUNDS) $(BIN)/pytest -q -s tests/faults/test_crash_loop.py
+
+fuzz: $(VENV)/.installed-test
+	KESTRELPY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s tests/faults/test_fuzz_live.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
