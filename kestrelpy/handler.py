@@ -44,6 +44,10 @@ _KEY_CACHE_SIZE = 64
 Resume = Callable[[list[Any], int], None]  # (reply parts, DONE or BLOCKED)
 
 
+def _released(replies: list[Any], code: int) -> None:
+    """``resume`` of a released session: its connection is gone, replies go nowhere."""
+
+
 class Session:
     """One connection's view of the server. Reactor thread only."""
 
@@ -95,6 +99,17 @@ class Session:
         self.closed = True
         self._wait.end()
         self.open_reads.abort_all()
+
+    def release(self) -> None:
+        """The connection is gone for good: :meth:`end`, then drop the references that
+        close cycles (``resume`` refers to the connection, which refers to this session;
+        the blocked read refers back to this session), so that refcounting frees a closed
+        connection at once instead of at the next full collection: a burst of closed
+        connections otherwise lingers and ratchets the heap. Nothing runs on the session
+        afterwards."""
+        self.end()
+        self._resume = _released
+        del self._wait
 
     def _store(self, request: Store, out: list[Any]) -> int:
         self._stats.cmd_set += 1

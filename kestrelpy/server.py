@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 
 from kestrelpy.commits import CommitGate
 from kestrelpy.handler import Session
+from kestrelpy.malloc_tuning import HeapTrimmer
 from kestrelpy.output import CommitGatedOutput
 from kestrelpy.reactor import write_promptly
 from kestrelpy.replies import BLOCKED, CLOSE, WROTE
@@ -69,8 +70,11 @@ class MemcacheConnection(TwistedProtocol):
     _log = Logger()
     transport: Any  # a TCP transport: write, loseConnection, pause/resumeProducing
 
-    def __init__(self, ctx: ServerContext, commits: CommitGate) -> None:
+    def __init__(
+        self, ctx: ServerContext, commits: CommitGate, trimmer: HeapTrimmer | None = None
+    ) -> None:
         self._ctx = ctx
+        self._trimmer = trimmer
         settings = ctx.settings
         self._parser = MemcacheParser(
             max_line_length=settings.max_line_length,
@@ -113,13 +117,22 @@ class MemcacheConnection(TwistedProtocol):
         self._run(requests)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.state is GONE:
+            return  # once only: the references below are dropped
         self.state = GONE
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
         self._ctx.stats.curr_connections -= 1
         self._ctx.sessions.discard(self._session)
-        self._session.end()
+        # Break the cycles through this connection (session -> resume -> connection,
+        # output -> sink -> connection) so that refcounting frees it now, with its
+        # buffers, rather than the next full collection. Nothing of either runs later:
+        # a commit still under way reaches the output, whose sink checks GONE.
+        self._session.release()
+        del self._output
+        if self._trimmer is not None:
+            self._trimmer.connection_closed(self._parser.bytes_read)
 
     # ------------------------------------------------------------------- running
 
@@ -249,6 +262,10 @@ class MemcacheFactory(Factory):
     def __init__(self, ctx: ServerContext, commits: CommitGate) -> None:
         self._ctx = ctx
         self._commits = commits
+        self.trimmer = HeapTrimmer(ctx.clock)  # returns the heap after bursts of clients
 
     def buildProtocol(self, addr: Any) -> MemcacheConnection:
-        return MemcacheConnection(self._ctx, self._commits)
+        return MemcacheConnection(self._ctx, self._commits, self.trimmer)
+
+    def stopFactory(self) -> None:
+        self.trimmer.stop()

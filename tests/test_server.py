@@ -7,9 +7,12 @@ Connections are StringTransports, time is a Clock (see conftest.py). Under
 
 from __future__ import annotations
 
+import gc
 import resource
 import shutil
 import signal
+import tracemalloc
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +20,12 @@ from typing import Any
 
 import pytest
 from conftest import DEFAULT_CONFIG, Conn, Harness
+from twisted.internet.task import Clock
 
 from kestrelpy import __version__
 from kestrelpy.config import load_config
+from kestrelpy.handler import Session
+from kestrelpy.malloc_tuning import HeapTrimmer
 from kestrelpy.replies import COMMIT_FAILED
 from kestrelpy.server import _PAUSE_BACKLOG, State
 from kestrelpy.service import make_service
@@ -1056,3 +1062,79 @@ def test_a_reload_that_turns_client_timeout_off_keeps_open_connections(kp: MakeH
     assert conn.ask(b"version\r\n") == VERSION
     h.clock.advance(60)
     assert not conn.closing
+
+
+# -- memory bought by a client (issue 18, findings 2 and 3) ----------------------------
+
+
+def test_a_set_header_alone_allocates_no_data_block(kp: MakeHarness) -> None:
+    """A header declaring 16 MiB, and no data: the connection holds a few KiB, not the
+    declared size nor a preallocated MiB (data blocks grow as their bytes arrive)."""
+    h = kp()
+    conn = h.connect()
+    tracemalloc.start()
+    try:
+        conn.send(b"set q 0 0 16777216\r\n")
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024, held
+    conn.send(b"x" * 100_000)  # the block grows with what was sent, not what was declared
+    assert conn.take() == b""
+    conn.send(b"x" * (16777216 - 100_000) + b"\r\nget q/peek\r\n")
+    h.settle()
+    reply = conn.take()
+    assert reply.startswith(b"STORED\r\nVALUE q/peek 0 16777216\r\nxxx"), reply[:40]
+    assert reply.endswith(b"x\r\nEND\r\n") and len(reply) == 16777216 + 40
+
+
+def test_a_closed_connection_is_freed_without_the_cycle_collector(kp: MakeHarness) -> None:
+    """Connection, session, blocked read and output refer to each other; connectionLost
+    breaks those cycles, so refcounting alone frees them (a burst of closed connections
+    does not wait for a full collection)."""
+    h = kp()
+    writer = h.connect()
+    assert writer.ask(set_req(b"q", b"x")) == b"STORED\r\n"
+    conn = h.connect()
+    assert conn.ask(b"get q/open\r\n") == value(b"q/open", b"x")  # an open read
+    conn.ask(b"get other/t=5000\r\nset q 0 0 1000000\r\n" + b"y" * 50_000)  # blocked
+    proto = weakref.ref(conn.proto)
+    gc.collect()
+    gc.disable()
+    sessions = sum(type(o) is Session for o in gc.get_objects())
+    try:
+        conn.transport.unregisterProducer()  # as Twisted's transport does before the call
+        conn.lose()
+        del conn
+        assert proto() is None, gc.get_referrers(proto())
+        assert sum(type(o) is Session for o in gc.get_objects()) == sessions - 1
+    finally:
+        gc.enable()
+    assert queue_stat(h, "q", "open_transactions") == 0
+    assert queue_stat(h, "other", "waiters") == 0
+    assert drain(writer, b"q") == [b"x"]
+
+
+def test_heap_trim_follows_a_burst_of_closed_connections_once() -> None:
+    """malloc_trim runs once, a moment after connections that read enough have closed;
+    connections that read little never cause one."""
+    clock = Clock()
+    calls: list[int] = []
+    trimmer = HeapTrimmer(
+        clock, after_bytes=1000, delay_s=1.0, trim=lambda pad: calls.append(pad) or 1
+    )
+    for _ in range(10):
+        trimmer.connection_closed(99)
+    clock.advance(5)
+    assert calls == []
+    for _ in range(100):
+        trimmer.connection_closed(500)  # a burst: one trim, after it
+    assert calls == []
+    clock.advance(1)
+    assert calls == [0] and trimmer.trims == 1
+    clock.advance(5)
+    assert calls == [0]
+    trimmer.connection_closed(2000)
+    trimmer.stop()
+    clock.advance(5)
+    assert calls == [0]
