@@ -23,14 +23,21 @@ MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's ceiling for this setting on 64-bit
 TRIM_THRESHOLD = 64 * 1024 * 1024
 
 
-def keep_freed_memory() -> bool:
-    """Apply the thresholds; False where the C library has no ``mallopt`` (not glibc)."""
+def _libc_function(name: str) -> Any:
+    """A function of the C library, or None where it has none (not glibc)."""
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
-        return False
+        return None
     try:
-        mallopt = ctypes.CDLL(libc_name).mallopt
+        return getattr(ctypes.CDLL(libc_name), name)
     except (OSError, AttributeError):
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Apply the thresholds; False where the C library has no ``mallopt`` (not glibc)."""
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -46,12 +53,8 @@ TRIM_DELAY_S = 1.0
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return None
-    try:
-        trim = ctypes.CDLL(libc_name).malloc_trim
-    except (OSError, AttributeError):
+    trim = _libc_function("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = (ctypes.c_size_t,)
     trim.restype = ctypes.c_int
