@@ -51,13 +51,16 @@ class _Hold:
 class CommitGatedOutput:
     """One connection's pending replies and the holds on them. Reactor thread only."""
 
-    __slots__ = ("_commits", "_holds", "_sink", "parts")
+    __slots__ = ("_commits", "_holds", "_sink", "parts", "size")
 
     def __init__(self, commits: CommitGate, sink: OutputSink) -> None:
         self._commits = commits
         self._sink = sink  # an object, not two bound methods: idle connections are many
         self._holds: deque[_Hold] | None = None  # made on the first write (readers have none)
         self.parts: list[Any] = []  # appended to by the session; bytes or Durable
+        # Bytes in ``parts`` (markers not counted): the connection adds what each request
+        # appended, and stops running requests while it is over a bound (see server.py).
+        self.size = 0
 
     @property
     def held(self) -> bool:
@@ -105,6 +108,7 @@ class CommitGatedOutput:
         acknowledged item): the gate makes the next writer wait for them too.
         """
         self.parts.extend(replies)
+        self.size += sum(len(part) for part in replies if type(part) is bytes)
         holds = self._holds
         if holds:
             self._commits.wait_also_for(t for hold in holds for t in hold.tickets)
@@ -143,4 +147,7 @@ class CommitGatedOutput:
                 if type(part) is Durable:
                     ready[index] = part.ok if ok else COMMIT_FAILED
             data = b"".join(ready)
+        # Markers were not counted but are now bytes: by so much the size runs low, until
+        # the output is empty again.
+        self.size = self.size - len(data) if parts else 0
         self._sink.transmit(data)

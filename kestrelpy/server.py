@@ -19,10 +19,13 @@ CLOSING   the output is sent, then the socket closed;    GONE
 GONE      the transport is lost; nothing is run or sent  (final)
 ========  =============================================  ==================================
 
-Reading is paused (``transport.pauseProducing``) while any of two reasons holds, and
+Reading is paused (``transport.pauseProducing``) while any of three reasons holds, and
 resumed when none does: ``BACKLOG``, more than ``_PAUSE_BACKLOG`` requests queued behind a
 blocked read; ``OUTPUT``, the transport's send buffer is full because the client does not
-read its replies (requests are not run then either, so replies stop piling up).
+read its replies; ``HELD``, over ``_OUTPUT_BOUND`` bytes of replies wait for a commit.
+Under ``OUTPUT`` or ``HELD`` requests are not run either, and the bound is checked after
+every request, not every batch: a connection's unsent replies stay within about
+``_OUTPUT_BOUND`` plus one reply plus the transport's buffer, however many it pipelines.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ if TYPE_CHECKING:
 
 _SEND_EVERY = 64  # in a long pipeline of reads, send replies every this many requests
 _PAUSE_BACKLOG = 1024  # parsed requests queued behind a blocked read before we stop reading
-BACKLOG, OUTPUT = 1, 2  # reasons reading is paused (bits of ``_paused_by``)
+_OUTPUT_BOUND = 2 << 20  # bytes of unsent replies after which no more are built (per connection)
+BACKLOG, OUTPUT, HELD = 1, 2, 4  # reasons reading is paused (bits of ``_paused_by``)
+_STOPPED = OUTPUT | HELD  # reasons that also stop running requests
 
 
 class State(Enum):
@@ -86,7 +91,7 @@ class MemcacheConnection(TwistedProtocol):
         self._output = CommitGatedOutput(commits, self)
         self._backlog: list[Request] = []  # not a deque: idle connections are many
         self.state = RUNNING
-        self._paused_by = 0  # BACKLOG | OUTPUT
+        self._paused_by = 0  # BACKLOG | OUTPUT | HELD
         self._idle_timer: Any = None  # IDelayedCall when client_timeout is set
 
     # ------------------------------------------------------------------ Twisted events
@@ -108,7 +113,7 @@ class MemcacheConnection(TwistedProtocol):
             self._reset_idle_timer()
         self._ctx.stats.bytes_read += len(data)
         requests = self._parser.feed(data)
-        if self.state is not RUNNING or self._backlog or self._paused_by & OUTPUT:
+        if self.state is not RUNNING or self._backlog or self._paused_by & _STOPPED:
             if self.state is not CLOSING:
                 self._backlog.extend(requests)
                 if len(self._backlog) > _PAUSE_BACKLOG:
@@ -142,31 +147,45 @@ class MemcacheConnection(TwistedProtocol):
         execute = self._session.execute
         pending = iter(requests)
         countdown = _SEND_EVERY
+        bound = _OUTPUT_BOUND
+        size = output.size  # bytes in ``out``, counted up to ``counted`` parts
+        counted = len(out)
         for request in pending:
             code = execute(request, out)
+            while counted < len(out):  # nearly always one part, often none (noreply)
+                part = out[counted]
+                counted += 1
+                if type(part) is bytes:
+                    size += len(part)
+            if code:
+                if code == WROTE:
+                    output.after_write()  # before anything is sent: its reply waits
+                elif code == BLOCKED:
+                    self.state = WAITING
+                    self._backlog.extend(pending)
+                    break
+                elif code == CLOSE:
+                    self.state = CLOSING
+                    self._backlog.clear()
+                    break
             countdown -= 1
-            if not countdown:
+            if size > bound or not countdown:
+                # A long pipeline, or big replies: send what is ready, so that a client
+                # that does not read its replies makes the transport push back (OUTPUT)
+                # before they pile up in memory; if they wait for a commit, wait with them.
                 countdown = _SEND_EVERY
+                output.size = size
                 if not output.held:
-                    # A long pipeline of reads: send what is ready, so that a client that
-                    # does not read its replies makes the transport push back (OUTPUT)
-                    # before the replies pile up in memory.
                     output.send_ready()
+                    size = counted = 0
                     if self._paused_by & OUTPUT:
                         self._backlog.extend(pending)
                         break
-            if not code:
-                continue
-            if code == WROTE:
-                output.after_write()
-            elif code == BLOCKED:
-                self.state = WAITING
-                self._backlog.extend(pending)
-                break
-            elif code == CLOSE:
-                self.state = CLOSING
-                self._backlog.clear()
-                break
+                elif size > bound:
+                    self._pause_reading(HELD)  # until output_drained
+                    self._backlog.extend(pending)
+                    break
+        output.size = size
         output.settle()
 
     def _resumed(self, replies: list[Any], code: int) -> None:
@@ -180,7 +199,7 @@ class MemcacheConnection(TwistedProtocol):
         self._output.add_from_reader(replies)  # sent now unless held behind commits
 
     def _drain_backlog(self) -> None:
-        if self.state is not RUNNING or self._paused_by & OUTPUT:
+        if self.state is not RUNNING or self._paused_by & _STOPPED:
             return
         backlog = self._backlog
         self._backlog = []
@@ -196,9 +215,12 @@ class MemcacheConnection(TwistedProtocol):
         write_promptly(self.transport, data)
 
     def output_drained(self) -> None:
-        """All output is sent: a connection that asked to close (quit, bad input) goes."""
+        """All output is sent: a connection that asked to close (quit, bad input) goes;
+        one that stopped for replies held behind a commit (HELD) goes on."""
         if self.state is CLOSING:
             self.transport.loseConnection()
+        elif self._paused_by & HELD:
+            self.resumeProducing(HELD)
 
     # ------------------------------------------------------------------- idle timeout
 
@@ -245,8 +267,10 @@ class MemcacheConnection(TwistedProtocol):
         reading and running its requests until the buffer drains."""
         self._pause_reading(OUTPUT)
 
-    def resumeProducing(self) -> None:
-        self._resume_reading(OUTPUT)
+    def resumeProducing(self, reason: int = OUTPUT) -> None:
+        """The transport's send buffer drained (or, ``HELD``, the commits held replies
+        waited for ended): read again, and run what queued meanwhile."""
+        self._resume_reading(reason)
         if self._backlog and self.state is RUNNING:
             self._ctx.clock.callLater(0, self._drain_backlog)
 

@@ -27,7 +27,7 @@ from kestrelpy.config import load_config
 from kestrelpy.handler import Session
 from kestrelpy.malloc_tuning import HeapTrimmer
 from kestrelpy.replies import COMMIT_FAILED
-from kestrelpy.server import _PAUSE_BACKLOG, State
+from kestrelpy.server import _OUTPUT_BOUND, _PAUSE_BACKLOG, State
 from kestrelpy.service import make_service
 
 VERSION = b"VERSION kestrelpy-" + __version__.encode() + b"\r\n"
@@ -1138,3 +1138,38 @@ def test_heap_trim_follows_a_burst_of_closed_connections_once() -> None:
     trimmer.stop()
     clock.advance(5)
     assert calls == [0]
+
+
+# -- output bounded per reply, not per batch (issue 18, finding 1) -----------------------
+
+
+def test_replies_held_for_a_commit_stop_running_requests_at_the_output_bound(
+    kp: MakeHarness,
+) -> None:
+    """A set, then peeks of a big item in the same batch: the peeks' replies wait for the
+    set's commit, so once they pass the bound no more are built until that commit ends."""
+    h = kp()
+    big = b"b" * (1 << 20)
+    fill(h.connect(), b"big", big)
+    conn = h.connect()
+    peeks = h.ctx.stats.cmd_peek
+    conn.send(set_req(b"x", b"x") + b"get big/peek\r\n" * 20)
+    assert conn.take() == b""  # all behind the set's commit
+    reply = value(b"big/peek", big)
+    assert h.ctx.stats.cmd_peek - peeks == _OUTPUT_BOUND // len(reply) + 1  # not 20
+    assert conn.transport.producerState == "paused"
+    h.settle()  # the commit ends: the replies go, and the rest of the pipeline runs
+    assert conn.transport.producerState == "producing"
+    assert conn.take() == b"STORED\r\n" + reply * 20
+
+
+def test_a_write_every_64th_request_is_not_acknowledged_before_its_commit(
+    kp: MakeHarness,
+) -> None:
+    """The periodic send of a long pipeline comes after the write's hold, not before it."""
+    h = kp()
+    conn = h.connect()
+    conn.send(b"get r\r\n" * 63 + set_req(b"q", b"x"))
+    assert conn.take() == b""
+    h.settle()
+    assert conn.take() == b"END\r\n" * 63 + b"STORED\r\n"
