@@ -18,23 +18,21 @@ from contextlib import suppress
 from kestrelpy.client import codecs
 from kestrelpy.client.engine import DEFAULT_TIMEOUT_S, Engine
 from kestrelpy.client.errors import ServerUnavailable
-from kestrelpy.client.protocol import PendingReplies, ProtocolViolation, Reply, read_request
+from kestrelpy.client.links import PipelinedLink
+from kestrelpy.client.protocol import Reply
 from kestrelpy.client.servers import ServerAddress
 
 
-class StreamLink(asyncio.Protocol):
+class StreamLink(PipelinedLink["asyncio.Future[list[Reply]]"], asyncio.Protocol):
     """One connection on the loop that made it. A timed-out exchange leaves later replies
     unmatched, so it fails the link (the engine reconnects); a cancelled one does not (see
     :class:`~kestrelpy.client.engine.Link`): its replies are dropped in order."""
 
     def __init__(self, address: ServerAddress, timeout_s: float) -> None:
-        self._address = address
+        super().__init__(address)
         self._timeout_s = timeout_s
         self._loop = asyncio.get_running_loop()
-        self._pending: PendingReplies[asyncio.Future[list[Reply]]] = PendingReplies()
         self._transport: asyncio.Transport | None = None
-        self._usable = True
-        self._closed_by_us = False  # then a lost connection is no stale idle one
 
     @property
     def usable(self) -> bool:
@@ -46,25 +44,25 @@ class StreamLink(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        try:
-            done = self._pending.feed(data)
-        except ProtocolViolation as err:
-            self._fail(str(err))
-            return
-        for future, replies in done:
-            if not future.done():
-                future.set_result(replies)
+        self._received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(str(exc) if exc else "connection closed by the server", closed=True)
 
-    def _fail(self, why: str, *, closed: bool = False) -> None:
-        self._usable = False
-        for future, got in self._pending.abandon():
-            if not future.done():
-                stale = closed and not got and not self._closed_by_us
-                error = ServerUnavailable(str(self._address), why, replies=got, stale=stale)
-                future.set_exception(error)
+    def _settled(self, waiter: asyncio.Future[list[Reply]]) -> bool:
+        return waiter.done()
+
+    def _resolve(self, waiter: asyncio.Future[list[Reply]], replies: list[Reply]) -> None:
+        waiter.set_result(replies)
+
+    def _reject(self, waiter: asyncio.Future[list[Reply]], error: ServerUnavailable) -> None:
+        waiter.set_exception(error)
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def _abort_transport(self) -> None:
         if self._transport is not None:
             self._transport.abort()
 
@@ -82,13 +80,7 @@ class StreamLink(asyncio.Protocol):
             self._fail("timed out")
             raise ServerUnavailable(str(self._address), "timed out") from None
         except asyncio.CancelledError:
-            # Its replies still arrive and are dropped in order (the future is done); the
-            # link stays in use, so other tasks' requests and held reads are untouched. A
-            # cancelled open may have opened an item nobody holds: an abort sent right
-            # behind it gives that item back (or answers END if none).
-            if opens and self._usable:
-                self._pending.discard(1)
-                self._transport.write(read_request(opens, abort=True))
+            self._cancelled(opens)  # the future is done: its replies will be dropped
             raise
 
     def close(self) -> None:

@@ -25,51 +25,49 @@ from twisted.python.failure import Failure
 from kestrelpy.client import codecs
 from kestrelpy.client.engine import DEFAULT_TIMEOUT_S, Engine
 from kestrelpy.client.errors import ServerUnavailable
-from kestrelpy.client.protocol import PendingReplies, ProtocolViolation, Reply, read_request
+from kestrelpy.client.links import PipelinedLink
+from kestrelpy.client.protocol import Reply
 from kestrelpy.client.servers import ServerAddress
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class DeferredLink(Protocol):
+class DeferredLink(PipelinedLink["Deferred[list[Reply]]"], Protocol):
     """One connection on the reactor. A timed-out exchange leaves later replies unmatched,
     so it fails the link (the engine reconnects); a cancelled one (``Deferred.cancel`` on
     an operation) does not (see :class:`~kestrelpy.client.engine.Link`): its replies are
     dropped in order, and an abort behind a cancelled open gives back what it opened."""
 
     def __init__(self, address: ServerAddress, timeout_s: float, clock: IReactorTime) -> None:
-        self._address = address
+        super().__init__(address)
         self._timeout_s = timeout_s
         self._clock = clock
-        self._pending: PendingReplies[Deferred[list[Reply]]] = PendingReplies()
-        self._usable = True
-        self._closed_by_us = False  # then a lost connection is no stale idle one
 
     @property
     def usable(self) -> bool:
         return self._usable
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            done = self._pending.feed(data)
-        except ProtocolViolation as err:
-            self._fail(str(err))
-            return
-        for deferred, replies in done:
-            if not deferred.called:
-                deferred.callback(replies)
+        self._received(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._fail("connection closed", closed=True)
 
-    def _fail(self, why: str, *, closed: bool = False) -> None:
-        self._usable = False
-        for deferred, got in self._pending.abandon():
-            if not deferred.called:
-                stale = closed and not got and not self._closed_by_us
-                error = ServerUnavailable(str(self._address), why, replies=got, stale=stale)
-                deferred.errback(error)
+    def _settled(self, waiter: Deferred[list[Reply]]) -> bool:
+        return waiter.called
+
+    def _resolve(self, waiter: Deferred[list[Reply]], replies: list[Reply]) -> None:
+        waiter.callback(replies)
+
+    def _reject(self, waiter: Deferred[list[Reply]], error: ServerUnavailable) -> None:
+        waiter.errback(error)
+
+    def _write(self, data: bytes) -> None:
+        transport: Any = self.transport
+        transport.write(data)
+
+    def _abort_transport(self) -> None:
         transport: Any = self.transport
         if transport is not None and self.connected:
             transport.abortConnection()
@@ -90,10 +88,7 @@ class DeferredLink(Protocol):
             self._fail("timed out")
             raise ServerUnavailable(str(self._address), "timed out") from None
         except CancelledError:
-            # the deferred has fired (with the cancel), so its replies are dropped in order
-            if opens and self._usable:
-                self._pending.discard(1)
-                transport.write(read_request(opens, abort=True))
+            self._cancelled(opens)  # the deferred has fired: its replies will be dropped
             raise
 
     def close(self) -> None:
