@@ -9,11 +9,12 @@ when batches are committed is the business of :mod:`kestrelpy.commits`, which ha
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import lmdb
 
@@ -93,6 +94,26 @@ class StagedWrites(Protocol):
     def is_empty(self) -> bool: ...
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _reading(
+    method: Callable[Concatenate[LmdbStorage, P], T],
+) -> Callable[Concatenate[LmdbStorage, P], T]:
+    """A read of the served store: an LMDB error there is a damaged page, raised as
+    :class:`DamagedStoreError` (one line naming the file and what to do)."""
+
+    @functools.wraps(method)
+    def read(self: LmdbStorage, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except lmdb.Error as err:
+            raise _damaged(self._path, err, "serve") from err
+
+    return read
+
+
 class LmdbStorage:
     """One LMDB environment: a batch per write transaction, reads of committed state.
 
@@ -119,32 +140,27 @@ class LmdbStorage:
 
     # ---------------------------------------------------------------------- reads
 
+    @_reading
     def next_queue_id(self) -> int:
         """The first queue id never handed out (ids are never reused)."""
-        try:
-            with self._env.begin() as txn:
-                raw = txn.get(NEXT_QID_KEY, db=self._meta_db)
-                return int(U32.unpack(raw)[0]) if raw else 1
-        except lmdb.Error as err:
-            raise _damaged(self._path, err, "serve") from err
+        with self._env.begin() as txn:
+            raw = txn.get(NEXT_QID_KEY, db=self._meta_db)
+            return int(U32.unpack(raw)[0]) if raw else 1
 
+    @_reading
     def load_queues(self) -> list[QueueRecord]:
         """Every stored queue with its head, tail and counters: O(queues * log(items))."""
-        try:
-            with self._env_lock, self._env.begin() as txn:
-                return _queue_records(txn, self._items_db, self._queues_db, self._meta_db)
-        except lmdb.Error as err:
-            raise _damaged(self._path, err, "serve") from err
+        with self._env_lock, self._env.begin() as txn:
+            return _queue_records(txn, self._items_db, self._queues_db, self._meta_db)
 
+    @_reading
     def get_record(self, name: bytes) -> bytes | None:
         """A small server record as last committed."""
-        try:
-            with self._env_lock, self._env.begin() as txn:
-                value = txn.get(RECORD_PREFIX + name, db=self._meta_db)
-                return bytes(value) if value is not None else None
-        except lmdb.Error as err:
-            raise _damaged(self._path, err, "serve") from err
+        with self._env_lock, self._env.begin() as txn:
+            value = txn.get(RECORD_PREFIX + name, db=self._meta_db)
+            return bytes(value) if value is not None else None
 
+    @_reading
     def read_items(
         self,
         queue_id: int,
@@ -165,20 +181,6 @@ class LmdbStorage:
         A damaged page raises :class:`DamagedStoreError` (the caller answers
         ``SERVER_ERROR``; nothing was read, so the queue is as it was).
         """
-        try:
-            return self._read_items(queue_id, from_id, end_id, max_items, max_bytes, staged)
-        except lmdb.Error as err:
-            raise _damaged(self._path, err, "serve") from err
-
-    def _read_items(
-        self,
-        queue_id: int,
-        from_id: int,
-        end_id: int,
-        max_items: int,
-        max_bytes: int,
-        staged: Sequence[Mapping[bytes, bytes]],
-    ) -> list[StoredItem]:
         found: list[StoredItem] = []
         budget = max_bytes
         anything_staged = any(staged)
