@@ -321,6 +321,28 @@ def wait_until(
         time.sleep(0.01)
 
 
+def start_fails_with_one_line(srv: ServerProcess) -> str:
+    """Start ``srv`` expecting it to fail before listening: it exits 2 with exactly one
+    line on stderr (the CLI's user-error rule). Returns that line."""
+    try:
+        srv.start()
+    except AssertionError as err:
+        message = str(err)
+    else:
+        srv.stop()
+        raise AssertionError(f"the server started; expected a one-line error\n{srv.log()}")
+    assert "before listening" in message, message
+    wait_until(lambda: not srv.running, 10, "the server to exit", srv)
+    assert srv.returncode == 2, f"exit code {srv.returncode}, expected 2\n{srv.log()}"
+    lines = [
+        line
+        for line in srv.stderr_text().splitlines()
+        if line.strip() and not line.startswith("---- start #")
+    ]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}\n{srv.log()}"
+    return lines[0]
+
+
 # -- fixtures --------------------------------------------------------------------------------
 
 

@@ -19,7 +19,12 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from .conftest import ServerProcess, assert_one_line_user_error, run_kestrelpy, wait_until
+from .conftest import (
+    ServerProcess,
+    assert_one_line_user_error,
+    run_kestrelpy,
+    start_fails_with_one_line,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -136,17 +141,8 @@ def assert_refused(data_dir: Path, server_factory) -> None:
     line = assert_one_line_user_error(dump, data_file, "damaged")
     assert "restore" in line, line
     srv: ServerProcess = server_factory(None, data_dir=data_dir, start=False)
-    with pytest.raises(AssertionError, match="before listening"):
-        srv.start()
-    wait_until(lambda: not srv.running, 10, "the server to exit", srv)
-    assert srv.returncode == 2, f"exit code {srv.returncode}, expected 2\n{srv.log()}"
-    lines = [
-        line
-        for line in srv.stderr_text().splitlines()
-        if line.strip() and not line.startswith("---- start #")
-    ]
-    assert len(lines) == 1, f"expected one line on stderr\n{srv.log()}"
-    assert data_file in lines[0] and "dump-store" in lines[0], lines[0]
+    line = start_fails_with_one_line(srv)
+    assert data_file in line and "dump-store" in line, line
 
 
 @pytest.mark.parametrize("pages_cut", [1, "half"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ServerProcess, wait_until
+from .conftest import ServerProcess, start_fails_with_one_line
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -233,23 +233,8 @@ def test_a_disk_too_small_for_the_initial_map_is_one_line_exit_2_then_starts(
     write_ballast(ballast, 30 * MiB)  # 10 MiB left: less than the initial map
     data_dir = small_fs / "data"
     srv: ServerProcess = server_factory(CONFIG, data_dir=data_dir, start=False)
-    try:
-        srv.start()
-    except AssertionError as err:
-        message = str(err)
-    else:
-        srv.stop()
-        raise AssertionError(f"server started with 10 MiB free for a 16 MiB map\n{srv.log()}")
-    assert "before listening" in message, message
-    wait_until(lambda: not srv.running, 10, "the server to exit", srv)
-    assert srv.returncode == 2, f"exit code {srv.returncode}, expected 2\n{srv.log()}"
-    lines = [
-        line
-        for line in srv.stderr_text().splitlines()
-        if line.strip() and not line.startswith("---- start #")
-    ]
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}\n{srv.log()}"
-    assert str(data_dir) in lines[0] and "No space left" in lines[0], lines[0]
+    line = start_fails_with_one_line(srv)  # 10 MiB free for a 16 MiB map
+    assert str(data_dir) in line and "No space left" in line, line
 
     ballast.unlink()
     srv.start()
