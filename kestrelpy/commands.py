@@ -9,7 +9,8 @@ every command shares: the status refusal and the error line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from kestrelpy import __version__
@@ -21,11 +22,13 @@ from kestrelpy.replies import (
     DONE,
     END_DURABLE,
     FLUSHED_DURABLE,
+    STREAM,
     WROTE,
     Durable,
+    Stream,
 )
-from kestrelpy.stats import ServerStats, dump_stats_lines, server_report
-from kestrelpy.wire.memcache import DELETED, END, Command, is_queue_name, stat_lines
+from kestrelpy.stats import ServerStats, dump_stats_lines, queue_pairs_in_pieces, server_pairs
+from kestrelpy.wire.memcache import DELETED, END, Command, is_queue_name, stat_body
 
 if TYPE_CHECKING:
     from kestrelpy.service import ServerContext
@@ -34,6 +37,9 @@ Out = list[Any]  # reply parts: bytes, or Durable markers
 # (server context, the connection's settings, request, reply parts) -> code. The settings
 # are the connection's own: fixed when it opened, so a reload does not change the rules
 # (status refusals, error lines) halfway through a client's conversation.
+# Queues per piece of a streamed report: ~170 KB of stats lines, a few ms of work.
+REPORT_PIECE_QUEUES = 256
+
 CommandFunction = Callable[["ServerContext", ServerConfig, Command, Out], int]
 
 
@@ -192,33 +198,53 @@ def version(ctx: ServerContext, settings: ServerConfig, request: Command, out: O
 
 
 def stats(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
-    out.append(stat_lines(server_report(ctx.stats, ctx.collection, now_ms(ctx.clock))))
-    return DONE
+    now = now_ms(ctx.clock)
+    collection = ctx.collection
+    head = stat_body(server_pairs(ctx.stats, collection, now))
+    queues = queue_pairs_in_pieces(collection, now, REPORT_PIECE_QUEUES)
+    pieces = chain((head,), map(stat_body, queues), (END,))
+    return _answer(out, pieces, len(collection))
 
 
 def dump_stats(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     now = now_ms(ctx.clock)
-    out.append(_queue_blocks(ctx, request, lambda n: dump_stats_lines(ctx.collection, n, now)))
-    return DONE
+    names = _names(ctx, request)
+    blocks = _queue_blocks(names, lambda n: dump_stats_lines(ctx.collection, n, now))
+    return _answer(out, blocks, len(names))
 
 
 def dump_config(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     config = ctx.collection.config
-    out.append(_queue_blocks(ctx, request, lambda n: dump_config_lines(config.queue_config(n))))
-    return DONE
+    names = _names(ctx, request)
+    blocks = _queue_blocks(names, lambda n: dump_config_lines(config.queue_config(n)))
+    return _answer(out, blocks, len(names))
 
 
-def _queue_blocks(
-    ctx: ServerContext, request: Command, body: Callable[[str], Iterable[str]]
-) -> bytes:
-    """``queue 'name' {`` … ``}`` for each queue named (default: all), then END."""
-    names = [a.decode("latin-1") for a in request.args] or ctx.collection.names()
-    lines: list[str] = []
-    for name in names:
-        lines.append(f"queue '{name}' {{")
-        lines.extend(f"  {line}" for line in body(name))
-        lines.append("}")
-    return "".join(line + "\r\n" for line in lines).encode("latin-1") + END
+def _answer(out: Out, pieces: Iterator[bytes], queues: int) -> int:
+    """A report over few queues is one reply part; over many it is a :class:`Stream`,
+    built piece by piece as the client reads it (see :mod:`kestrelpy.replies`)."""
+    if queues <= REPORT_PIECE_QUEUES:
+        out.append(b"".join(pieces))
+        return DONE
+    out.append(Stream(pieces))
+    return STREAM
+
+
+def _names(ctx: ServerContext, request: Command) -> list[str]:
+    return [a.decode("latin-1") for a in request.args] or ctx.collection.names()
+
+
+def _queue_blocks(names: list[str], body: Callable[[str], Iterable[str]]) -> Iterator[bytes]:
+    """``queue 'name' {`` … ``}`` for each queue in ``names``, then END, in pieces of
+    :data:`REPORT_PIECE_QUEUES` queues."""
+    for start in range(0, len(names), REPORT_PIECE_QUEUES):
+        lines: list[str] = []
+        for name in names[start : start + REPORT_PIECE_QUEUES]:
+            lines.append(f"queue '{name}' {{")
+            lines.extend(f"  {line}" for line in body(name))
+            lines.append("}")
+        yield "".join(line + "\r\n" for line in lines).encode("latin-1")
+    yield END
 
 
 def shutdown(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:

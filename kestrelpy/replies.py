@@ -6,19 +6,24 @@ has succeeded (``STORED``, ``DELETED``, a flush's ``END``). The connection's
 :class:`~kestrelpy.output.CommitGatedOutput` turns each marker into its ``ok`` bytes, or
 into :data:`COMMIT_FAILED` when that commit failed.
 
-Each request returns one of four codes (plain ints: they are compared on every request):
+Each request returns one of five codes (plain ints: they are compared on every request):
 
 * ``DONE``: replied (or nothing to reply); run the next request.
 * ``WROTE``: also staged a write; the replies so far wait for its commit.
 * ``BLOCKED``: a read waits (``/t=``, ``monitor``); later requests wait behind it.
 * ``CLOSE``: send what is queued, then close (``quit``, or framing is lost).
+* ``STREAM``: the last part is a :class:`Stream`, a report too big to build at once
+  (``stats``, ``dump_stats`` over many queues); the connection takes it off and sends its
+  pieces one per reactor turn, as fast as the client reads them; later requests wait.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from kestrelpy.wire.memcache import DELETED, END, STORED
 
-DONE, WROTE, BLOCKED, CLOSE = 0, 1, 2, 3
+DONE, WROTE, BLOCKED, CLOSE, STREAM = 0, 1, 2, 3, 4
 
 
 class Durable:
@@ -36,3 +41,14 @@ END_DURABLE = Durable(END)
 FLUSHED_DURABLE = Durable(b"Flushed all queues.\r\n")
 # SERVER_ERROR, not CLIENT_ERROR: Kestrel clients retry a write elsewhere only on this.
 COMMIT_FAILED = b"SERVER_ERROR store failure: write not committed\r\n"
+
+
+class Stream:
+    """A reply in pieces: built one piece at a time as the client takes them, so that a
+    report over 100,000 queues neither holds the reactor for seconds nor sits whole in
+    memory behind a client that does not read it."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self.pieces = pieces

@@ -13,7 +13,8 @@ state     meaning                                        leaves for
 ========  =============================================  ==================================
 RUNNING   requests run as they arrive                    WAITING (a read blocks), CLOSING
                                                          (``quit``, lost framing), GONE
-WAITING   a read waits; later requests queue (backlog)   RUNNING (the read ended), GONE
+WAITING   a read waits, or a report streams; later       RUNNING (the read or the report
+          requests queue (backlog)                       ended), GONE
 CLOSING   the output is sent, then the socket closed;    GONE
           input is ignored
 GONE      the transport is lost; nothing is run or sent  (final)
@@ -26,6 +27,11 @@ read its replies; ``HELD``, over ``_OUTPUT_BOUND`` bytes of replies wait for a c
 Under ``OUTPUT`` or ``HELD`` requests are not run either, and the bound is checked after
 every request, not every batch: a connection's unsent replies stay within about
 ``_OUTPUT_BOUND`` plus one reply plus the transport's buffer, however many it pipelines.
+
+A report over many queues (``stats``, ``dump_stats``) is a
+:class:`~kestrelpy.replies.Stream`: one piece is built per reactor turn, and only while
+the client keeps up (no ``OUTPUT`` or ``HELD``), so it neither stalls other clients nor
+piles up behind one that does not read.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from kestrelpy.handler import Session
 from kestrelpy.malloc_tuning import HeapTrimmer
 from kestrelpy.output import CommitGatedOutput
 from kestrelpy.reactor import write_promptly
-from kestrelpy.replies import BLOCKED, CLOSE, WROTE
+from kestrelpy.replies import BLOCKED, CLOSE, STREAM, WROTE, Stream
 from kestrelpy.wire.memcache import MemcacheParser, Request
 
 if TYPE_CHECKING:
@@ -93,6 +99,8 @@ class MemcacheConnection(TwistedProtocol):
         self.state = RUNNING
         self._paused_by = 0  # BACKLOG | OUTPUT | HELD
         self._idle_timer: Any = None  # IDelayedCall when client_timeout is set
+        self._report: Stream | None = None  # a report being streamed (state WAITING)
+        self._report_turn: Any = None  # IDelayedCall of its next piece, while one is due
 
     # ------------------------------------------------------------------ Twisted events
 
@@ -128,6 +136,7 @@ class MemcacheConnection(TwistedProtocol):
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
+        self._report = None
         self._ctx.stats.curr_connections -= 1
         self._ctx.sessions.discard(self._session)
         # Break the cycles through this connection (session -> resume -> connection,
@@ -168,6 +177,12 @@ class MemcacheConnection(TwistedProtocol):
                     self.state = CLOSING
                     self._backlog.clear()
                     break
+                elif code == STREAM:
+                    self._report = out.pop()
+                    self.state = WAITING
+                    self._backlog.extend(pending)
+                    self._next_report_piece()
+                    break
             countdown -= 1
             if size > bound or not countdown:
                 # A long pipeline, or big replies: send what is ready, so that a client
@@ -206,6 +221,38 @@ class MemcacheConnection(TwistedProtocol):
         self._run(backlog)
         if self._paused_by == BACKLOG and self.state is not WAITING:
             self._resume_reading(BACKLOG)
+
+    def _next_report_piece(self) -> None:
+        """The report's next piece is built on the next reactor turn (once, however
+        many events ask for it), so other connections run in between."""
+        if self._report_turn is None:
+            self._report_turn = self._ctx.clock.callLater(0, self._stream_report)
+
+    def _stream_report(self) -> None:
+        """Send the next piece of the report; come back next turn while the client keeps
+        up, or once it has read (``resumeProducing``, ``output_drained``)."""
+        self._report_turn = None
+        report = self._report
+        if report is None or self.state is GONE or self._paused_by & _STOPPED:
+            return
+        output = self._output
+        piece = next(report.pieces, None)
+        if piece is None:  # the report is complete: the pipeline goes on
+            self._report = None
+            self.state = RUNNING
+            if self._backlog:
+                self._ctx.clock.callLater(0, self._drain_backlog)
+            output.settle()
+            return
+        output.parts.append(piece)
+        output.size += len(piece)
+        if not output.held:
+            output.send_ready()
+        elif output.size > _OUTPUT_BOUND:
+            self._pause_reading(HELD)  # until output_drained
+            return
+        if not self._paused_by & OUTPUT:
+            self._next_report_piece()
 
     def transmit(self, data: bytes) -> None:
         """Ready output (from the commit-gated output) goes on the wire."""
@@ -271,7 +318,9 @@ class MemcacheConnection(TwistedProtocol):
         """The transport's send buffer drained (or, ``HELD``, the commits held replies
         waited for ended): read again, and run what queued meanwhile."""
         self._resume_reading(reason)
-        if self._backlog and self.state is RUNNING:
+        if self._report is not None:
+            self._next_report_piece()
+        elif self._backlog and self.state is RUNNING:
             self._ctx.clock.callLater(0, self._drain_backlog)
 
     def stopProducing(self) -> None:

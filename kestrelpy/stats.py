@@ -8,6 +8,7 @@ second tally. Reports take the time as an argument: the caller reads its clock o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from kestrelpy import __version__
@@ -87,18 +88,39 @@ def server_pairs(stats: ServerStats, collection: QueueCollection, now_ms: int) -
 
 
 def _queues_pairs(collection: QueueCollection, now_ms: int) -> StatPairs:
-    pairs: StatPairs = []
-    for queue in collection.queues():
-        prefix = f"queue_{queue.name}_"
-        pairs.extend(
-            (prefix + key, value) for key, value in queue_report(collection, queue, now_ms)
-        )
+    pieces = queue_pairs_in_pieces(collection, now_ms, max(1, len(collection)))
+    return [pair for piece in pieces for pair in piece]
+
+
+def queue_pairs_in_pieces(
+    collection: QueueCollection, now_ms: int, queues_per_piece: int
+) -> Iterator[StatPairs]:
+    """The queue lines of ``stats``, ``queues_per_piece`` queues at a time, then the
+    aliases' lines if there are aliases.
+
+    The pieces may be read across reactor turns while clients change the queues: each
+    queue's lines are read when its piece is built, and a queue deleted before then is
+    left out rather than reported from its stale object.
+    """
+    queues = collection.queues()
+    for start in range(0, len(queues), queues_per_piece):
+        piece: StatPairs = []
+        for queue in queues[start : start + queues_per_piece]:
+            if collection.get(queue.name) is not queue:
+                continue  # deleted (or deleted and made again) since the report began
+            prefix = f"queue_{queue.name}_"
+            piece.extend(
+                (prefix + key, value) for key, value in queue_report(collection, queue, now_ms)
+            )
+        yield piece
+    aliases: StatPairs = []
     for alias in sorted(collection.aliases):
         prefix = f"queue_{alias}_"
-        pairs.append((prefix + "put_items", collection.alias_put_items.get(alias, 0)))
-        pairs.append((prefix + "put_bytes", collection.alias_put_bytes.get(alias, 0)))
-        pairs.append((prefix + "children", ",".join(collection.aliases[alias])))
-    return pairs
+        aliases.append((prefix + "put_items", collection.alias_put_items.get(alias, 0)))
+        aliases.append((prefix + "put_bytes", collection.alias_put_bytes.get(alias, 0)))
+        aliases.append((prefix + "children", ",".join(collection.aliases[alias])))
+    if aliases:
+        yield aliases
 
 
 def queue_report(collection: QueueCollection, queue: Queue, now_ms: int) -> StatPairs:

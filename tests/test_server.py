@@ -23,12 +23,15 @@ from conftest import DEFAULT_CONFIG, Conn, Harness
 from twisted.internet.task import Clock
 
 from kestrelpy import __version__
+from kestrelpy.commands import REPORT_PIECE_QUEUES
 from kestrelpy.config import load_config
 from kestrelpy.handler import Session
 from kestrelpy.malloc_tuning import HeapTrimmer
 from kestrelpy.replies import COMMIT_FAILED
 from kestrelpy.server import _OUTPUT_BOUND, _PAUSE_BACKLOG, State
 from kestrelpy.service import make_service
+from kestrelpy.stats import server_report
+from kestrelpy.wire.memcache import stat_lines
 
 VERSION = b"VERSION kestrelpy-" + __version__.encode() + b"\r\n"
 MakeHarness = Callable[..., Harness]
@@ -1173,3 +1176,104 @@ def test_a_write_every_64th_request_is_not_acknowledged_before_its_commit(
     assert conn.take() == b""
     h.settle()
     assert conn.take() == b"END\r\n" * 63 + b"STORED\r\n"
+
+
+# -- big reports stream (issue 18, finding 1: stats over many queues) --------------------
+
+
+def one_turn(clock: Clock) -> None:
+    """Run the calls due now but not the ones they schedule: one turn of a real reactor."""
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        func, args, kw = call.func, call.args, call.kw
+        call.cancel()
+        func(*args, **kw)
+
+
+def make_queues(h: Harness, count: int) -> list[bytes]:
+    names = [b"q%05d" % n for n in range(count)]
+    h.connect().ask(b"".join(b"get " + name + b"\r\n" for name in names))
+    return names
+
+
+def test_stats_over_many_queues_comes_in_pieces_while_others_are_served(
+    kp: MakeHarness,
+) -> None:
+    h = kp()
+    make_queues(h, 3 * REPORT_PIECE_QUEUES + 5)
+    whole = stat_lines(server_report(h.ctx.stats, h.collection, int(h.clock.seconds() * 1000)))
+    conn, other = h.connect(), h.connect()
+    conn.send(b"stats\r\nversion\r\n")
+    pieces = []
+    while conn.proto.state is State.WAITING:
+        one_turn(h.clock)
+        pieces.append(conn.take())
+        other.send(b"version\r\n")
+        assert other.take() == VERSION  # not kept waiting for the whole report
+    h.settle()  # the rest of the pipeline
+    pieces.append(conn.take())
+    sent = [piece for piece in pieces if piece]  # (one turn finds the report complete)
+    assert len(sent) == 7  # the server's lines; 256 queues, 256, 256, 5; END; VERSION
+    received = b"".join(sent)
+    assert received.endswith(b"END\r\n" + VERSION)
+    streamed = parse_stats(received[: -len(VERSION)])
+    assert [name for name, _ in streamed] == [name for name, _ in parse_stats(whole)]
+    queue_lines = [pair for pair in streamed if pair[0].startswith("queue_")]
+    assert queue_lines == [pair for pair in parse_stats(whole) if pair[0].startswith("queue_")]
+    assert not pieces[0].endswith(b"END\r\n")
+
+
+def test_a_report_is_not_built_further_while_the_client_does_not_read(kp: MakeHarness) -> None:
+    h = kp()
+    make_queues(h, 4 * REPORT_PIECE_QUEUES)
+    conn = h.connect()
+    conn.send(b"dump_stats\r\nversion\r\n")
+    one_turn(h.clock)
+    first = conn.take()
+    assert first.startswith(b"queue 'q00000' {\r\n")
+    conn.proto.pauseProducing()  # the transport's buffer is full
+    h.run_until_idle()
+    assert conn.take() == b""  # no piece built until it drains
+    conn.proto.resumeProducing()
+    h.run_until_idle()
+    rest = conn.take()
+    assert rest.endswith(b"}\r\nEND\r\n" + VERSION)
+    assert (first + rest).count(b"queue '") == 4 * REPORT_PIECE_QUEUES
+
+
+def test_a_streamed_report_behind_a_write_waits_for_its_commit(kp: MakeHarness) -> None:
+    h = kp()
+    make_queues(h, 2 * REPORT_PIECE_QUEUES)
+    conn = h.connect()
+    conn.send(set_req(b"x", b"1") + b"dump_config\r\nversion\r\n")
+    assert conn.take() == b""  # STORED and all after it wait for the set's commit
+    h.run_until_idle()
+    reply = conn.take()
+    assert reply.startswith(b"STORED\r\nqueue 'q00000' {\r\n")
+    assert reply.endswith(b"END\r\n" + VERSION)
+
+
+def test_a_queue_deleted_while_stats_streams_is_left_out(kp: MakeHarness) -> None:
+    h = kp()
+    names = make_queues(h, 2 * REPORT_PIECE_QUEUES)
+    conn = h.connect()
+    conn.send(b"stats\r\n")
+    one_turn(h.clock)
+    h.connect().ask(b"delete " + names[-1] + b"\r\n")
+    h.run_until_idle()
+    stats = dict(parse_stats(conn.take()))
+    assert f"queue_{names[-2].decode()}_items" in stats
+    assert f"queue_{names[-1].decode()}_items" not in stats
+
+
+def test_a_connection_lost_while_a_report_streams_ends_it(kp: MakeHarness) -> None:
+    h = kp()
+    make_queues(h, 3 * REPORT_PIECE_QUEUES)
+    conn = h.connect()
+    conn.send(b"stats\r\n")
+    one_turn(h.clock)
+    conn.take()
+    conn.lose()
+    h.run_until_idle()
+    assert conn.take() == b""
+    assert h.connect().ask(b"version\r\n") == VERSION

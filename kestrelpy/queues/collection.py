@@ -62,6 +62,9 @@ class QueueCollection:
     def names(self) -> list[str]:
         return sorted(self._queues)
 
+    def __len__(self) -> int:
+        return len(self._queues)
+
     def queues(self) -> list[Queue]:
         return [self._queues[name] for name in sorted(self._queues)]
 

@@ -372,5 +372,9 @@ def value_reply(key: bytes, flags: int, data: Payload, cas: int | None) -> bytes
 
 def stat_lines(stats: list[tuple[str, object]]) -> bytes:
     """``STAT name value`` lines and the closing ``END``."""
-    body = "".join(f"STAT {name} {value}\r\n" for name, value in stats)
-    return body.encode("latin-1") + END
+    return stat_body(stats) + END
+
+
+def stat_body(stats: list[tuple[str, object]]) -> bytes:
+    """``STAT name value`` lines (a piece of a streamed ``stats``: no ``END``)."""
+    return "".join(f"STAT {name} {value}\r\n" for name, value in stats).encode("latin-1")
