@@ -4,12 +4,15 @@ A flood of consumers in ``get q/t=250`` creates and cancels a timeout for nearly
 read; a reactor ``DelayedCall`` each (a heap push, and a heap rebuild every so many
 cancellations) costs more than the read. Reads that wait the same time expire in the
 order they started, so each distinct wait length is one FIFO lane, and only the
-earliest lane head needs a reactor timer. Cancelling is O(1) (a flag); cancelled
+earliest lane head needs a reactor timer. The lane heads are kept in a heap, so a timeout
+touches only the lanes that are due: 10,000 readers each waiting a different time cost
+O(log n) per timeout, not a pass over every lane. Cancelling is O(1) (a flag); cancelled
 entries are dropped when they reach their lane's head. Idle: no timer at all.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -44,25 +47,35 @@ class Deadline:
 
 
 class Deadlines:
-    """All blocked-read timeouts of a server. Reactor thread only."""
+    """All blocked-read timeouts of a server. Reactor thread only.
+
+    Each non-empty lane has exactly one entry ``(due, wait_ms)`` in ``_heads``: the due
+    time of its head when the entry was made. A lane's entries are due in order, so that
+    is never later than its first live entry (the head may have been cancelled since):
+    the timer can fire early for a lane, never late.
+    """
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
         self._lanes: dict[int, deque[Deadline]] = {}
+        self._heads: list[tuple[float, int]] = []  # heap: one entry per non-empty lane
         self._timer: Any = None  # the one IDelayedCall, for the earliest head
         self._timer_due = float("inf")
         self.cancelled = 0  # cancelled entries still in lanes
+        self._held = 0  # entries in lanes, live or cancelled
 
     def add(self, wait_ms: int, callback: Callable[[], None]) -> Deadline:
         """Call ``callback`` in ``wait_ms`` unless cancelled first."""
         due = self._clock.seconds() + wait_ms / 1000.0
         deadline = Deadline(due, callback, self)
-        if self.cancelled > _COMPACT_AT and self.cancelled * 2 > self.pending():
+        if self.cancelled > _COMPACT_AT and self.cancelled * 2 > self._held:
             self._compact()
         lane = self._lanes.get(wait_ms)
         if lane is None:
             lane = self._lanes[wait_ms] = deque()
+            heapq.heappush(self._heads, (due, wait_ms))
         lane.append(deadline)
+        self._held += 1
         if due < self._timer_due:
             self._arm(due)
         return deadline
@@ -75,6 +88,9 @@ class Deadlines:
                 self._lanes[wait_ms] = lane
             else:
                 del self._lanes[wait_ms]
+        self._heads = [(lane[0].due, wait_ms) for wait_ms, lane in self._lanes.items()]
+        heapq.heapify(self._heads)
+        self._held -= self.cancelled
         self.cancelled = 0
 
     def _arm(self, due: float) -> None:
@@ -88,25 +104,30 @@ class Deadlines:
         self._timer_due = float("inf")
         now = self._clock.seconds()
         expired: list[Deadline] = []
-        earliest = float("inf")
-        for wait_ms in list(self._lanes):
-            lane = self._lanes[wait_ms]
-            while lane and (lane[0].due <= now or not lane[0].active()):
+        heads = self._heads
+        lanes = self._lanes
+        while heads and heads[0][0] <= now:  # a merge of the lanes, earliest head first
+            wait_ms = heads[0][1]
+            lane = lanes[wait_ms]
+            while lane and not lane[0].active():
+                lane.popleft()
+                self._held -= 1
+                self.cancelled -= 1
+            if lane and lane[0].due <= now:
                 deadline = lane.popleft()
-                if deadline.active():
-                    expired.append(deadline)
-                    deadline._live = False
-                else:
-                    self.cancelled -= 1
+                self._held -= 1
+                deadline._live = False
+                expired.append(deadline)
             if lane:
-                earliest = min(earliest, lane[0].due)
+                heapq.heapreplace(heads, (lane[0].due, wait_ms))
             else:
-                del self._lanes[wait_ms]
-        if earliest != float("inf"):
-            self._arm(earliest)
+                heapq.heappop(heads)
+                del lanes[wait_ms]
+        if heads:
+            self._arm(heads[0][0])
         for deadline in expired:
             deadline.callback()
 
     def pending(self) -> int:
-        """Entries still held (live or cancelled but not yet dropped): for tests."""
-        return sum(len(lane) for lane in self._lanes.values())
+        """Entries still held (live or cancelled but not yet dropped)."""
+        return self._held
