@@ -1,0 +1,91 @@
+"""Which connection holds which delivered message: the ack mapping, with no kombu in it.
+
+Kestrel ties an open item to the TCP connection that opened it, and ``get q/close`` on that
+connection confirms the *oldest* item it holds open on ``q``: it cannot name one. kombu acks
+by delivery tag, in any order (a prefork worker finishes tasks out of order). So every
+delivered, unacknowledged message sits alone on its own connection (one bundled
+:class:`~kestrelpy.client.Client`): an ack is ``close`` on that connection, a requeue is
+``abort`` on it, and whatever kills the process kills the connections, so the server puts
+every unacknowledged message back. The server's ``max_open_transactions`` (default 1) is
+therefore never reached, whatever the prefetch count; the prefetch count bounds instead how
+many connections a consumer holds.
+
+A client whose message is acknowledged goes back to an idle stack and reads the next
+message: its close can ride on that read (``get q/close/open``), saving a round trip,
+when the ack comes from the consuming thread, which reads again at once. An ack from
+another thread (a prefork pool's result thread) closes at once, since the consuming
+thread may be blocked in a long read and the close must not wait behind it.
+
+Threads: ``hold``/``take``/``release``/``idle`` may be called from any thread; a client is
+used by one thread at a time, since it is in exactly one place: a reader slot (consuming
+thread), a hold (the thread that acks it), or the idle stack (nobody).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True, slots=True)
+class Held(Generic[C]):
+    """One delivered message still open on the server: its connection and its queue."""
+
+    client: C
+    queue: str  # the kestrelpy queue name (read with /open)
+
+
+class Holds(Generic[C]):
+    """Delivered messages by delivery tag, and the idle clients; thread-safe."""
+
+    def __init__(self, new_client: Callable[[], C]) -> None:
+        self._new_client = new_client
+        self._lock = threading.Lock()
+        self._held: dict[str, Held[C]] = {}
+        self._idle: list[C] = []  # a stack: the client acked last (close owed) reads next
+
+    def hold(self, tag: str, client: C, queue: str) -> None:
+        with self._lock:
+            self._held[tag] = Held(client, queue)
+
+    def take(self, tag: str) -> Held[C] | None:
+        """The hold of ``tag``, removed; None if it was never held here or already taken."""
+        with self._lock:
+            return self._held.pop(tag, None)
+
+    def tags(self) -> list[str]:
+        """Tags held now, oldest delivery first."""
+        with self._lock:
+            return list(self._held)
+
+    def idle(self, client: C) -> None:
+        """``client`` holds nothing open (a close may be owed): it can read again."""
+        with self._lock:
+            self._idle.append(client)
+
+    def checkout(self) -> C:
+        """A client to read with: the one idled last, or a new one."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new_client()
+
+    def drain_idle(self, keep: int = 0) -> list[C]:
+        """Take all idle clients but the ``keep`` idled last (to flush owed closes, or to
+        disconnect them); the caller idles them again or drops them."""
+        with self._lock:
+            cut = max(len(self._idle) - keep, 0)
+            taken, self._idle[:cut] = self._idle[:cut], []
+            return taken
+
+    def drop_all(self) -> list[C]:
+        """Every client this knows of, idle or holding, forgotten (at channel close)."""
+        with self._lock:
+            clients = [*self._idle, *(held.client for held in self._held.values())]
+            self._idle.clear()
+            self._held.clear()
+            return clients

@@ -1,0 +1,490 @@
+"""kombu's virtual transport over kestrelpy (or Kestrel) servers, through the bundled client.
+
+- Messages are kombu's JSON payloads, one per kestrelpy item; the body is base64 inside it,
+  as in kombu's other virtual transports.
+- Acks are reliable reads (see :mod:`kestrelpy.kombu.holds`): a delivered message stays
+  open on the server until ``ack`` (``close``), ``reject(requeue=True)`` (``abort``) or the
+  death of the process (the server puts it back). kombu's in-memory redelivery of unacked
+  messages (``_restore``) is not used for any of them.
+- Reads block on the server (``get q/open/t=MS``), one connection per consumed queue.
+  kestrelpy cannot wait on two queues with one request, so a consumer of several queues
+  (a Celery worker: its task queue and its remote-control queue) checks each without
+  waiting, then waits on one for at most ``polling_interval`` (0.1 s), in turn.
+- Exchanges: see :mod:`kestrelpy.kombu.names` for fanout (kestrelpy fanout queues) and
+  direct (bindings in this process, else the binding markers on the servers). Topic
+  exchanges route only by bindings made in the publishing process; anything else raises.
+
+Threads: kombu calls one channel from its consuming thread, except acks and rejects,
+which a prefork Celery worker makes from its pool's result thread; see ``holds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from queue import Empty
+from typing import Any
+
+from kombu.exceptions import ChannelError, InconsistencyError
+from kombu.exceptions import ConnectionError as KombuConnectionError
+from kombu.transport import virtual
+from kombu.utils.json import dumps, loads
+
+from kestrelpy.client import (
+    Client,
+    ClientError,
+    NoServerAvailable,
+    ServerRefused,
+    ServerUnavailable,
+)
+from kestrelpy.errors import KestrelpyError
+from kestrelpy.kombu import names
+from kestrelpy.kombu.holds import Holds
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 5.0  # every connect, send and receive (transport option timeout_s)
+DEFAULT_POLL_S = 0.1  # one wait of a multi-queue consumer; a remote-control reply's delay
+MAX_WAIT_MS = 60_000  # one blocking read, when kombu asks to wait without a timeout
+
+
+class UnroutableError(KestrelpyError, InconsistencyError):
+    """No queue is bound to the exchange and routing key, in this process or on the
+    servers: the message was not stored. An ``InconsistencyError``, which kombu's
+    remote-control replies already expect when the asking client has gone."""
+
+
+class QoS(virtual.QoS):
+    """Acks and rejects act on the server's open item, on the connection holding it."""
+
+    channel: KestrelChannel
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel.settle(delivery_tag, requeue=False)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """``requeue``: the item goes back to the head of its queue (``abort``); otherwise
+        it is dropped (``close``), as kombu drops a rejected message."""
+        self.channel.settle(delivery_tag, requeue=requeue)
+        self._quick_ack(delivery_tag)
+
+    def restore_unacked(self) -> list[tuple[BaseException, Any]]:
+        """Give every unacknowledged message back to the server (newest first, so the
+        oldest ends up at the head), instead of kombu's re-publishing of copies."""
+        self._flush()
+        for tag in reversed(self.channel.holds.tags()):
+            self.channel.settle(tag, requeue=True)
+        self._delivered.clear()
+        return []
+
+
+class KestrelChannel(virtual.Channel):
+    QoS = QoS
+    supports_fanout = True
+    do_restore = True
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.servers: list[str] = connection.servers
+        self.timeout_s = connection.timeout_s
+        self.holds: Holds[Client] = Holds(self._new_client)
+        self._writer = self._new_client()
+        self._write_lock = threading.Lock()
+        self._readers: dict[str, Client] = {}  # kestrelpy queue -> its reader (no item open)
+        self._no_ack: set[str] = set()  # kombu queues consumed without acks
+
+    def _new_client(self) -> Client:
+        return Client(self.servers, codec="raw", timeout_s=self.timeout_s, decode_by_flags=False)
+
+    # -- names ---------------------------------------------------------------------------
+
+    def kestrel_queue(self, queue: str) -> str:
+        """The kestrelpy queue holding kombu ``queue``: its fanout child when it is bound
+        to a fanout exchange here, else its own (encoded) name."""
+        fanouts = [
+            binding.exchange
+            for binding in self.state.queue_bindings(queue)
+            if self.typeof(binding.exchange).type == "fanout"
+        ]
+        if not fanouts:
+            return names.queue_name(queue)
+        if len(fanouts) > 1 or len(list(self.state.queue_bindings(queue))) > 1:
+            raise names.UnmappableError(
+                f"queue {queue!r} is bound to fanout exchange {fanouts[0]!r} and to another "
+                "exchange: kestrelpy keeps it as the fanout child "
+                f"{names.fanout_child(fanouts[0], queue)!r}, which only that exchange feeds; "
+                "bind one queue per fanout exchange"
+            )
+        return names.fanout_child(fanouts[0], queue)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self._store(self.kestrel_queue(queue), message)
+
+    def _put_fanout(
+        self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any
+    ) -> None:
+        """``set`` on the parent copies the message into every bound queue (child), on
+        the server that takes it; the parent's own copy, which nobody reads, is flushed."""
+        parent = names.fanout_parent(exchange)
+        self._store(parent, message)
+        with self._write_lock:
+            self._writer.flush(parent)
+
+    def _store(self, kestrel_queue: str, message: dict[str, Any]) -> None:
+        body = dumps(message).encode()
+        with self._write_lock:
+            self._writer.put(kestrel_queue, body, expiry_s=_expiry_s(message))
+
+    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> list[str]:
+        """Queues bound here, else (direct exchanges) those the servers' binding markers
+        name; none anywhere raises :class:`UnroutableError` instead of dropping."""
+        if not exchange:
+            return [routing_key]
+        kind = self.typeof(exchange).type
+        if kind not in ("direct", "topic", "fanout"):
+            raise names.UnmappableError(f"exchange type {kind!r} is not supported")
+        try:
+            local = self.typeof(exchange).lookup(
+                self.get_table(exchange), exchange, routing_key, default
+            )
+        except KeyError:
+            local = set()
+        if local:
+            return sorted(local)
+        if kind == "direct":
+            remote = self._bound_on_servers(exchange, routing_key)
+            if remote:
+                return remote
+        raise UnroutableError(
+            f"no queue is bound to {kind} exchange {exchange!r} with routing key "
+            f"{routing_key!r}"
+            + (" on the kestrelpy servers" if kind == "direct" else "")
+            + "; the message was not stored"
+        )
+
+    def _bound_on_servers(self, exchange: str, routing_key: str) -> list[str]:
+        parent = names.binding_parent(exchange, routing_key)
+        with self._write_lock:
+            every = self._writer.stats()
+        found: list[str] = []
+        for stats in every.values():
+            found += names.bound_queues(stats.get(f"queue_{parent}_children", ""))
+        return names.unique(found)
+
+    # -- bindings and queues --------------------------------------------------------------
+
+    def exchange_declare(
+        self, exchange: Any = None, type: Any = "direct", *args: Any, **kwargs: Any
+    ) -> Any:
+        if (type or "direct") not in ("direct", "fanout", "topic"):
+            raise names.UnmappableError(
+                f"exchange {exchange!r}: type {type!r} cannot be mapped onto kestrelpy queues "
+                "(direct, fanout and, within one process, topic can)"
+            )
+        return super().exchange_declare(exchange, type, *args, **kwargs)
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
+        """Record the binding on the servers, for publishers in other processes: the fanout
+        child or the direct binding marker exists from its first read (a ``peek`` here)."""
+        kind = self.typeof(exchange).type
+        if kind == "fanout":
+            self._create(self.kestrel_queue(queue))
+        elif kind == "direct" and exchange:
+            # the parent lists its children in stats only once it is a queue itself
+            self._create(names.binding_parent(exchange, routing_key))
+            self._create(names.binding_marker(exchange, routing_key, queue))
+
+    def _create(self, kestrel_queue: str) -> None:
+        """A peek creates the queue; with nothing there it asks every server that is up."""
+        with self._write_lock:
+            self._writer.peek(kestrel_queue)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        """``queue_delete`` calls this once per binding: (exchange, routing_key, pattern)."""
+        targets = [self.kestrel_queue(queue)]
+        if len(args) >= 2 and args[0] and self.typeof(args[0]).type == "direct":
+            targets.append(names.binding_marker(args[0], args[1], queue))
+        with self._write_lock:
+            for target in targets:
+                self._writer.delete(target)
+
+    def queue_delete(
+        self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
+    ) -> Any:
+        if if_empty and self._size(queue):
+            return None
+        kestrel_queue = self.kestrel_queue(queue)
+        result = super().queue_delete(queue, if_unused=if_unused, if_empty=False, **kwargs)
+        with self._write_lock:
+            self._writer.delete(kestrel_queue)  # also when it had no bindings
+        return result
+
+    def _size(self, queue: str) -> int:
+        name = self.kestrel_queue(queue)
+        with self._write_lock:
+            every = self._writer.stats()
+        return sum(int(stats.get(f"queue_{name}_items", 0)) for stats in every.values())
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        name = self.kestrel_queue(queue)
+        with self._write_lock:
+            every = self._writer.stats()
+        return any(f"queue_{name}_items" in stats for stats in every.values())
+
+    def _purge(self, queue: str) -> int:
+        size = self._size(queue)
+        with self._write_lock:
+            self._writer.flush(self.kestrel_queue(queue))
+        return size
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack.add(queue)
+        else:
+            self._no_ack.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        payload = self.read(queue, 0, no_ack=no_ack)
+        if payload is None:
+            return None
+        message = self.Message(payload, channel=self)
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        payload = self.read(queue, 0, no_ack=queue in self._no_ack)
+        if payload is None:
+            raise Empty()
+        return payload
+
+    def read(self, queue: str, wait_ms: int, *, no_ack: bool) -> dict[str, Any] | None:
+        """Open one message of kombu ``queue``, waiting up to ``wait_ms``. Acked reads keep
+        it open on its connection (held under a fresh delivery tag, so a message that
+        comes twice is two deliveries); ``no_ack`` reads confirm it with the next request.
+        Consuming thread only."""
+        kestrel_queue = self.kestrel_queue(queue)
+        client = self._readers.get(kestrel_queue)
+        if client is None:
+            client = self._readers[kestrel_queue] = self.holds.checkout()
+        body = client.open(kestrel_queue, wait_ms)
+        if body is None:
+            return None
+        payload = self._decode(kestrel_queue, client, body)
+        if payload is None:
+            return None
+        if no_ack:
+            client.engine.finish(kestrel_queue)  # the close rides on this reader's next read
+            return payload
+        del self._readers[kestrel_queue]  # it holds this message now; a new reader reads on
+        self.holds.hold(payload["properties"]["delivery_tag"], client, kestrel_queue)
+        return payload
+
+    def _decode(self, kestrel_queue: str, client: Client, body: bytes) -> dict[str, Any] | None:
+        """The kombu payload of an item, with a delivery tag of its own. An item that is not
+        one (another producer's bytes) moves to ``<queue>_errors``, logged: kombu could
+        neither deliver it nor give it back without reading it again forever."""
+        try:
+            payload = loads(body)
+            payload["properties"]["delivery_tag"] = str(uuid.uuid4())
+        except (ValueError, TypeError, KeyError) as err:
+            dead = kestrel_queue + "_errors"
+            log.error(
+                "kestrelpy: item of %s is not a kombu message (%s): moved to %s",
+                kestrel_queue,
+                err,
+                dead,
+            )
+            with self._write_lock:
+                self._writer.put(dead, body)
+            client.close(kestrel_queue)
+            return None
+        if not isinstance(payload, dict):
+            return None
+        return payload
+
+    def settle(self, delivery_tag: str, *, requeue: bool) -> None:
+        """Close (done) or abort (back to the head) the held message of ``delivery_tag`` on
+        its own connection. A connection that is gone has given the item back already: the
+        message will be delivered again (logged, not raised: the ack cannot fail it)."""
+        held = self.holds.take(delivery_tag)
+        if held is None:
+            return
+        client, queue = held.client, held.queue
+        same_thread = threading.get_ident() == self.connection.consuming_thread
+        try:
+            if requeue:
+                client.abort(queue)
+            elif same_thread:
+                client.engine.finish(queue)  # sent with this client's next read, right after
+            else:
+                client.close(queue)
+        except ClientError as err:
+            log.warning(
+                "kestrelpy: %s of a message of %s failed (%s); the server has put "
+                "it back and will deliver it again",
+                "requeue" if requeue else "ack",
+                queue,
+                err,
+            )
+            client.disconnect()
+            return
+        self.holds.idle(client)
+        self.connection.wake()
+
+    def flush_owed_closes(self) -> None:
+        """Send the closes owed by idle clients, but the one idled last (it reads next and
+        carries its close along)."""
+        for client in self.holds.drain_idle(keep=1):
+            try:
+                client.flush_closes()
+            except ClientError:
+                client.disconnect()
+                continue
+            self.holds.idle(client)
+
+    def consumed(self) -> list[str]:
+        """kombu queues to read now: none while prefetch is used up."""
+        if self.closed or not self._consumers or not self.qos.can_consume():
+            return []
+        return list(self._active_queues)
+
+    def close(self) -> None:
+        super().close()
+        clients = [*self._readers.values(), *self.holds.drop_all(), self._writer]
+        self._readers.clear()
+        for client in clients:
+            with contextlib.suppress(ClientError):
+                client.disconnect()
+
+
+class Transport(virtual.Transport):
+    """``kestrelpy://host:port[;host:port...]//``: every server at once, not failover."""
+
+    Channel = KestrelChannel
+    default_port = names.DEFAULT_PORT  # type: ignore[assignment]  # kombu says None
+    driver_type = "kestrelpy"
+    driver_name = "kestrelpy"
+    polling_interval = DEFAULT_POLL_S
+
+    # kombu annotates these as one-element tuples
+    connection_errors = (  # type: ignore[assignment]
+        KombuConnectionError,
+        NoServerAvailable,
+        ServerUnavailable,
+        OSError,
+    )
+    channel_errors = (ChannelError, ServerRefused)  # type: ignore[assignment]
+    recoverable_connection_errors = (NoServerAvailable, ServerUnavailable, OSError)
+    recoverable_channel_errors = ()
+
+    implements = virtual.Transport.implements.extend(
+        asynchronous=False,
+        exchange_type=frozenset(["direct", "fanout", "topic"]),
+        heartbeats=False,
+    )
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self.servers = names.servers_from_alternates(
+            client.hostname, client.port, getattr(client, "alt", ()) or ()
+        )
+        options = client.transport_options or {}
+        self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
+        self.consuming_thread: int | None = None
+        self._wakeup = threading.Event()
+        self._sticky: tuple[int, str] | None = None  # (channel id, queue) that delivered last
+
+    def establish_connection(self) -> Any:
+        """Check that some server answers, so a dead broker is kombu's usual connection
+        error at connect time, not at the first publish."""
+        transport = super().establish_connection()
+        channel = self._avail_channels[-1]
+        with channel._write_lock:
+            channel._writer.stats()
+        return transport
+
+    def wake(self) -> None:
+        """An ack made room under the prefetch limit: a waiting ``drain_events`` reads."""
+        self._wakeup.set()
+
+    def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> None:
+        """Deliver one message from any consumed queue of any channel, or raise
+        ``socket.timeout`` after ``timeout`` seconds (None: wait as long as it takes)."""
+        self.consuming_thread = threading.get_ident()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._wakeup.clear()
+            sources = list(self._sources())
+            if sources:
+                if self._read_one(sources, deadline):
+                    return
+            else:
+                left = _left_s(deadline)
+                self._wakeup.wait(self.polling_interval if left is None else left)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError()
+
+    def _sources(self) -> Iterator[tuple[KestrelChannel, str]]:
+        """(channel, kombu queue) to read, the one that delivered last first."""
+        pairs = [(channel, queue) for channel in self.channels for queue in channel.consumed()]
+        sticky = self._sticky
+        if sticky is not None:
+            pairs.sort(key=lambda pair: (id(pair[0]), pair[1]) != sticky)
+        yield from pairs
+
+    def _read_one(self, sources: list[tuple[KestrelChannel, str]], deadline: float | None) -> bool:
+        """One pass: each source without waiting, then a wait on the first; True if a
+        message was delivered."""
+        for channel in {id(channel): channel for channel, _ in sources}.values():
+            channel.flush_owed_closes()
+        waits = [0] * len(sources)
+        left = _left_s(deadline)
+        if len(sources) == 1:
+            waits[0] = _wait_ms(left, None)
+        else:
+            waits.append(_wait_ms(left, self.polling_interval))
+            sources = [*sources, sources[0]]
+        for (channel, queue), wait_ms in zip(sources, waits, strict=True):
+            payload = channel.read(queue, wait_ms, no_ack=queue in channel._no_ack)
+            if payload is not None:
+                self._sticky = (id(channel), queue)
+                self._deliver(payload, queue)
+                return True
+        self._sticky = None
+        return False
+
+
+def _left_s(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def _wait_ms(left_s: float | None, cap_s: float | None) -> int:
+    """A blocking read's ``t=``: what is left of the caller's timeout, at most ``cap_s``."""
+    wait_s = MAX_WAIT_MS / 1000 if left_s is None else left_s
+    if cap_s is not None:
+        wait_s = min(wait_s, cap_s)
+    return min(int(wait_s * 1000), MAX_WAIT_MS)
+
+
+def _expiry_s(message: dict[str, Any]) -> int:
+    """kombu's per-message TTL (``expiration``, milliseconds as text) as the item's
+    relative exptime in whole seconds, rounded up; 0 (none) when absent."""
+    expiration = message.get("properties", {}).get("expiration")
+    if expiration in (None, ""):
+        return 0
+    try:
+        return max(math.ceil(float(expiration) / 1000), 1)
+    except (TypeError, ValueError):
+        return 0
