@@ -50,9 +50,9 @@ class Deadlines:
     """All blocked-read timeouts of a server. Reactor thread only.
 
     Each non-empty lane has exactly one entry ``(due, wait_ms)`` in ``_heads``: the due
-    time of its head when the entry was made. A lane's entries are due in order, so that
-    is never later than its first live entry (the head may have been cancelled since):
-    the timer can fire early for a lane, never late.
+    time of its head. Heads leave only through the heap (or a compaction, which rebuilds
+    it), so the heap's top is always the earliest entry of all; a cancelled entry is
+    dropped when it comes due, or at a compaction.
     """
 
     def __init__(self, clock: Any) -> None:
@@ -109,15 +109,13 @@ class Deadlines:
         while heads and heads[0][0] <= now:  # a merge of the lanes, earliest head first
             wait_ms = heads[0][1]
             lane = lanes[wait_ms]
-            while lane and not lane[0].active():
-                lane.popleft()
-                self._held -= 1
+            head = lane.popleft()
+            self._held -= 1
+            if head.active():
+                head._live = False
+                expired.append(head)
+            else:
                 self.cancelled -= 1
-            if lane and lane[0].due <= now:
-                deadline = lane.popleft()
-                self._held -= 1
-                deadline._live = False
-                expired.append(deadline)
             if lane:
                 heapq.heapreplace(heads, (lane[0].due, wait_ms))
             else:
