@@ -27,6 +27,17 @@ class DamagedStoreError(StoreError):
     and what to do."""
 
 
+class CorruptItemError(StoreError):
+    """An item read from disk does not match the checksum written with it (flipped bits on
+    the disk or in a copy): it is never served. ``item_id`` and ``payload_size`` say which
+    item, so the queue can drop it and go on."""
+
+    def __init__(self, item_id: int, payload_size: int) -> None:
+        super().__init__(f"item {item_id} failed its checksum")
+        self.item_id = item_id
+        self.payload_size = payload_size
+
+
 class TooManyQueuesError(KestrelpyError):
     """Creating a queue would pass ``max_queues`` or ``max_fanout_children``; none was made.
 

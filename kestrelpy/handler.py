@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from kestrelpy.blocked_read import BlockedRead
 from kestrelpy.clock import now_ms
 from kestrelpy.commands import COMMANDS, MonitorArgs, error_line, parse_monitor, refused
-from kestrelpy.errors import StoreError, TooManyQueuesError
+from kestrelpy.errors import CorruptItemError, StoreError, TooManyQueuesError
 from kestrelpy.open_reads import OpenReads
 from kestrelpy.queues.queue import OPEN, PEEK, TAKE, Item, Queue
 from kestrelpy.replies import BLOCKED, CLOSE, DONE, STORED_DURABLE, WROTE
@@ -168,10 +168,17 @@ class Session:
             return CLOSE
         try:
             return self._fetch(request, options, out)
-        except StoreError as err:  # a damaged page: this read fails, nothing moved, we carry on
-            self._log.error("read failed on {queue}: {error}", queue=options.queue, error=err)
-            out.append(self._error(b"SERVER_ERROR store read failed"))
+        except StoreError as err:
+            out.append(self._read_failed(options.queue, err))
             return DONE
+
+    def _read_failed(self, queue: str, err: StoreError) -> bytes:
+        """The reply to a read that met a damaged page (nothing moved: the next read tries
+        again) or an item that failed its checksum (dropped: the next read goes on)."""
+        if isinstance(err, CorruptItemError):
+            return self._error(b"SERVER_ERROR item failed its checksum and was dropped")
+        self._log.error("read failed on {queue}: {error}", queue=queue, error=err)
+        return self._error(b"SERVER_ERROR store read failed")
 
     def _fetch(self, request: Retrieve, options: GetOptions, out: list[Any]) -> int:
         try:
@@ -274,7 +281,11 @@ class Session:
         room = min(most if limit is None else limit, most - self.open_reads.count(name))
         now = now_ms(self._clock)
         while room > 0:
-            item = queue.open(now)
+            try:
+                item = queue.open(now)
+            except StoreError as err:
+                out.append(self._read_failed(name, err))
+                return DONE
             if item is None:
                 break
             self._found(queue, item, OPEN, queue.name.encode("latin-1"), False, out)

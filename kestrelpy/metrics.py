@@ -254,6 +254,12 @@ _QUEUE_TAIL_FAMILIES: tuple[tuple[str, str, str, Callable[[Queue, int], float]],
         "counter",
         lambda q, now: q.discarded,
     ),
+    (
+        "kestrelpy_queue_corrupt_items_total",
+        "Items read back from disk that failed their checksum and were dropped",
+        "counter",
+        lambda q, now: q.corrupt_items,
+    ),
 )
 _GETS = "kestrelpy_queue_gets_total"
 _GETS_HELP = "Reads since startup by result: hit (an item was returned) or miss (none was)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from zlib import crc32
 
 from kestrelpy.commits.batch import RollbackHandler
 from kestrelpy.commits.scheduler import CommitScheduler
@@ -81,7 +82,9 @@ class Store:
         size = len(data)
         scheduler = self._scheduler
         batch = self._lanes.pending if size < LARGE_ITEM else scheduler.large_batch(size)
-        batch.puts[item_key(queue_id, item_id)] = item_header(flags, expiry_ms, added_ms) + data
+        # layout.encode_item, inline: this is the hot path of every set.
+        header = item_header(flags, expiry_ms, added_ms, crc32(data))
+        batch.puts[item_key(queue_id, item_id)] = header + data
         if not scheduler.commit_scheduled:
             scheduler.schedule_commit()
 

@@ -26,7 +26,7 @@ from kestrelpy.commits.scheduler import CommitScheduler
 from kestrelpy.commits.stats import CommitStats, Histogram
 from kestrelpy.errors import StoreError
 from kestrelpy.metrics import CONTENT_TYPE, MetricsExporter
-from kestrelpy.storage.layout import item_header, item_key
+from kestrelpy.storage.layout import encode_item, item_key
 from kestrelpy.storage.lmdb_store import LmdbStorage
 from kestrelpy.store import Store
 
@@ -219,7 +219,7 @@ def test_only_real_fsyncs_are_timed(tmp_path: Path) -> None:
         stats.timed_sync(storage.sync)
         assert stats.fsync_seconds.snapshot().count == 0  # nothing committed yet
         batch = Batch(1)
-        batch.puts[item_key(1, 1)] = item_header(0, 0, 0) + b"x"
+        batch.puts[item_key(1, 1)] = encode_item(0, 0, 0, b"x")
         assert storage.commit(batch) is None
         stats.timed_sync(storage.sync)
         stats.timed_sync(storage.sync)  # nothing committed since the last fsync
@@ -269,7 +269,7 @@ class RefusingStorage:
 
 def test_a_refused_commit_is_counted_and_not_timed() -> None:
     scheduler = CommitScheduler(RefusingStorage(), Clock(), sync="never", sync_interval_ms=50)
-    scheduler.lanes.pending.puts[item_key(1, 1)] = item_header(0, 0, 0) + b"x"
+    scheduler.lanes.pending.puts[item_key(1, 1)] = encode_item(0, 0, 0, b"x")
     scheduler.commit_now()
     assert scheduler.stats.failures == 1
     assert scheduler.stats.commit_seconds.snapshot().count == 0

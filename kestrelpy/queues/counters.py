@@ -28,6 +28,7 @@ class QueueCounters:
         self.age_ms = 0  # how long the last item handed out had waited
         self.get_hits = 0  # reads that returned an item (counted by the reader)
         self.get_misses = 0  # reads that returned none (counted by the reader)
+        self.corrupt_items = 0  # read back from disk, failed their checksum, dropped
 
     def count_opened(self, size: int) -> None:
         """An item of ``size`` payload bytes is open on a connection now."""

@@ -17,6 +17,7 @@ from typing import Protocol
 from twisted.logger import Logger
 
 from kestrelpy.config import QueueConfig
+from kestrelpy.errors import CorruptItemError
 from kestrelpy.payload import Payload
 from kestrelpy.queues.counters import QueueCounters
 from kestrelpy.queues.expiry import is_expired
@@ -67,6 +68,7 @@ class Queue(QueueCounters):
         self._leases = Leases()
         self._on_expired = on_expired
         self.deleted = False
+        window.on_corrupt = self._corrupt_dropped
 
     def put(self, flags: int, expiry_ms: int, data: Payload, now_ms: int) -> bool:
         """Add an item at the tail; False when the queue's limits refuse it."""
@@ -205,13 +207,30 @@ class Queue(QueueCounters):
         max_age = self.config.max_age
         limit = self.config.max_expire_sweep if limit is None else limit
         swept = 0
-        while swept < limit and (item := window.first()) is not None:
+        while swept < limit and (item := self._sound_first()) is not None:
             if not is_expired(item, max_age, now_ms):
                 break
             window.pop()
             self._expire(item)
             swept += 1
         return swept
+
+    def _sound_first(self) -> Item | None:
+        """The head, for the queue's own upkeep (expiry, stats): an item that fails its
+        checksum on the way is dropped and counted (see :meth:`_corrupt_dropped`), and
+        the head after it is the answer; only a reader's request reports it as an error."""
+        while True:
+            try:
+                return self._window.first()
+            except CorruptItemError:
+                continue
+
+    def _corrupt_dropped(self, payload_size: int) -> None:
+        """An item read back from disk failed its checksum and was dropped by the window."""
+        self.items -= 1
+        self.bytes -= payload_size
+        self.corrupt_items += 1
+        self._log.error("queue {queue}: an item failed its checksum; dropped", queue=self.name)
 
     def _expire(self, item: Item) -> None:
         """An expired item has left the window: it no longer waits, and goes for good."""
@@ -287,7 +306,7 @@ class Queue(QueueCounters):
         return self._window.mem_bytes
 
     def oldest_age_ms(self, now_ms: int) -> int:
-        item = self._window.first() if self.items else None
+        item = self._sound_first() if self.items else None
         return max(now_ms - item.added_ms, 0) if item is not None else 0
 
 

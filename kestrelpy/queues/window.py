@@ -11,14 +11,21 @@ refill (O(window)), ``drop_all`` and ``forget_items``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import deque
+from collections.abc import Callable
 
+from kestrelpy.errors import CorruptItemError
 from kestrelpy.payload import LARGE_ITEM
 from kestrelpy.queues.item_store import ItemStore
 from kestrelpy.storage.layout import StoredItem as Item
 
 _REFILL_BYTES = 1024 * 1024  # one refill reads this much payload (at least one item)
+
+
+def _ignore(payload_size: int) -> None:
+    pass
 
 
 class CacheBudget:
@@ -50,6 +57,7 @@ class ReadAheadWindow:
         "max_bytes",
         "mem_bytes",
         "next_id",
+        "on_corrupt",
     )
 
     def __init__(
@@ -73,6 +81,9 @@ class ReadAheadWindow:
         self._disk_from: int | None = head_id if head_id < tail_id else None
         self.mem_bytes = 0  # payload bytes in memory
         self.next_id = tail_id  # the id of the next put; the queue advances it as it assigns
+        # Told the payload size of an item dropped for failing its checksum (the queue
+        # counts it out); the read that met it then raises CorruptItemError.
+        self.on_corrupt: Callable[[int], None] = _ignore
 
     def __len__(self) -> int:
         """Items in memory."""
@@ -126,9 +137,11 @@ class ReadAheadWindow:
         disk_from = self._disk_from
         if len(found) < count and disk_from is not None:
             more = count - len(found)
-            found += self._store.read_items(
-                self._queue_id, disk_from, self.next_id, more, _REFILL_BYTES
-            )[:more]
+            # A look shows what is sound; the next real read drops a bad item.
+            with contextlib.suppress(CorruptItemError):
+                found += self._store.read_items(
+                    self._queue_id, disk_from, self.next_id, more, _REFILL_BYTES
+                )[:more]
         return found
 
     def pop(self) -> Item | None:
@@ -150,9 +163,13 @@ class ReadAheadWindow:
         # The deque is empty here; at least one item is always read, whatever the bounds.
         shared_room = max(budget.limit - budget.used, LARGE_ITEM)
         room = max(min(shared_room, _REFILL_BYTES, self.max_bytes), 1)
-        found = self._store.read_items(
-            self._queue_id, disk_from, self.next_id, self._max_items, room
-        )
+        try:
+            found = self._store.read_items(
+                self._queue_id, disk_from, self.next_id, self._max_items, room
+            )
+        except CorruptItemError as err:
+            self._drop_corrupt(err)
+            raise
         if not found:
             self._disk_from = None  # the rest was removed before it was committed
             return False
@@ -163,6 +180,14 @@ class ReadAheadWindow:
         self.mem_bytes += payload
         budget.used += payload
         return True
+
+    def _drop_corrupt(self, err: CorruptItemError) -> None:
+        """The next item on disk failed its checksum: it is removed from the store and
+        skipped, so the queue goes on with the item after it."""
+        self._store.delete(self._queue_id, err.item_id, err.payload_size)
+        after = err.item_id + 1
+        self._disk_from = after if after < self.next_id else None
+        self.on_corrupt(err.payload_size)
 
     def drop_all(self, from_store: bool) -> None:
         """Every waiting item is gone (``flush``); ``from_store``: remove them there too.

@@ -4,11 +4,14 @@ One LMDB environment in the data directory holds three named databases:
 
 * ``items``: key = queue id (u32, big-endian) + item id (u64, big-endian), so every queue is
   one ordered key range and key order is FIFO order. Value = ``HEADER`` (flags, expiry ms,
-  added ms) + payload.
+  added ms, CRC-32 of the payload) + payload. The checksum is verified whenever an item is
+  read back from disk: a flipped bit is refused, never served.
 * ``queues``: queue name (bytes) -> queue id + creation time. Ids are never reused, so a
   queue deleted and re-created in the same batch cannot collide with its old items.
 * ``meta``: per-queue item/byte counters (updated in the same transaction as the items they
-  count, so startup needs no scan), the next queue id, and small server records (status).
+  count, so startup needs no scan), the next queue id, small server records (status), and
+  the format of the item values (``FORMAT_KEY``): stores written before the checksum (no
+  format key, ``HEADER_V1``) are upgraded in place when the server opens them.
 
 Pure ``struct`` encodings: the staged batches (:mod:`kestrelpy.commits`) encode their
 writes with them, and the storage (:mod:`kestrelpy.storage.lmdb_store`) writes them as
@@ -19,12 +22,17 @@ from __future__ import annotations
 
 import struct
 from typing import Any, NamedTuple
+from zlib import crc32
 
+from kestrelpy.errors import CorruptItemError
 from kestrelpy.payload import Payload
 
 ITEM_KEY = struct.Struct(">IQ")  # queue id, item id
-HEADER = struct.Struct(">Iqq")  # flags, expiry unix ms (0 = none), added unix ms
+HEADER = struct.Struct(">IqqI")  # flags, expiry unix ms (0 = none), added unix ms, CRC-32
 HEADER_SIZE = HEADER.size
+HEADER_V1 = struct.Struct(">Iqq")  # format 1 (no checksum): upgraded when a server opens it
+FORMAT_KEY = b"format"  # in meta: the item value format; absent in format 1 stores
+FORMAT = b"2"
 QUEUE_RECORD = struct.Struct(">Iq")  # queue id, create time unix s
 COUNTERS = struct.Struct(">qq")  # items, payload bytes
 U32 = struct.Struct(">I")  # a queue id alone: the prefix of its key range, or next_qid
@@ -37,7 +45,7 @@ MAX_ID = 2**64 - 1
 # compiles a method call on an imported name (``ITEM_KEY.pack(...)``) as an attribute load
 # that builds a bound method on every call.
 item_key = ITEM_KEY.pack  # (queue id, item id) -> items key
-item_header = HEADER.pack  # (flags, expiry ms, added ms) -> the start of an items value
+item_header = HEADER.pack  # (flags, expiry ms, added ms, crc32 of payload) -> a value's start
 key_fields = ITEM_KEY.unpack  # items key -> (queue id, item id)
 queue_of_key = U32.unpack_from  # items key (or a longer buffer) -> (queue id,)
 
@@ -64,10 +72,24 @@ class QueueRecord(NamedTuple):
     payload_bytes: int
 
 
+def encode_item(flags: int, expiry_ms: int, added_ms: int, data: Payload) -> bytes:
+    """An items value: the header, with the payload's checksum, then the payload."""
+    return item_header(flags, expiry_ms, added_ms, crc32(data)) + data
+
+
 def decode_item(key: bytes, value: Any) -> StoredItem:
     """An item from its key and value; the payload is copied, so ``value`` may be a
-    buffer that dies with its read transaction."""
-    flags, expiry_ms, added_ms = HEADER.unpack_from(value)
-    return StoredItem(
-        ITEM_KEY.unpack(key)[1], flags, expiry_ms, added_ms, bytes(value[HEADER_SIZE:])
-    )
+    buffer that dies with its read transaction. Raises :class:`CorruptItemError` when the
+    payload does not match its checksum."""
+    flags, expiry_ms, added_ms, checksum = HEADER.unpack_from(value)
+    data = bytes(value[HEADER_SIZE:])
+    item_id = ITEM_KEY.unpack(key)[1]
+    if crc32(data) != checksum:
+        raise CorruptItemError(item_id, len(data))
+    return StoredItem(item_id, flags, expiry_ms, added_ms, data)
+
+
+def upgrade_value(value: Any) -> bytes:
+    """A format 1 items value (no checksum) in the current format."""
+    flags, expiry_ms, added_ms = HEADER_V1.unpack_from(value)
+    return encode_item(flags, expiry_ms, added_ms, bytes(value[HEADER_V1.size :]))

@@ -19,10 +19,18 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 import lmdb
 
 from kestrelpy.config import SyncPolicy
-from kestrelpy.errors import DamagedStoreError, PutsRefusedError, StoreError, StoreFullError
+from kestrelpy.errors import (
+    CorruptItemError,
+    DamagedStoreError,
+    PutsRefusedError,
+    StoreError,
+    StoreFullError,
+)
 from kestrelpy.storage.layout import (
     COUNTER_PREFIX,
     COUNTERS,
+    FORMAT,
+    FORMAT_KEY,
     HEADER_SIZE,
     ITEM_KEY,
     MAX_ID,
@@ -36,6 +44,7 @@ from kestrelpy.storage.layout import (
     item_key,
     key_fields,
     queue_of_key,
+    upgrade_value,
 )
 
 __all__ = ["LmdbStorage", "QueueRecord", "StagedWrites", "StoredItem", "inspect_store"]
@@ -131,6 +140,7 @@ class LmdbStorage:
             self._items_db = self._env.open_db(b"items")
             self._queues_db = self._env.open_db(b"queues")
             self._meta_db = self._env.open_db(b"meta")
+            _upgrade_format(self._env, self._items_db, self._meta_db)
             self._counters: dict[int, tuple[int, int]] = self._read_counters()
         except lmdb.Error as err:
             self._env.close()
@@ -201,7 +211,12 @@ class LmdbStorage:
                         continue
                     item = decode_item(key, memoryview(value))
                 else:
-                    item = decode_item(bytes(cursor.key()), cursor.value())
+                    try:
+                        item = decode_item(bytes(cursor.key()), cursor.value())
+                    except CorruptItemError:
+                        if found:
+                            break  # the next read starts with it, and reports it
+                        raise
                     next_id = disk_id + 1
                     disk_id = _position(cursor, cursor.next(), end_key)
                 found.append(item)
@@ -431,6 +446,50 @@ def _open_env(path: Path, *, sync: bool) -> tuple[Any, int]:
     except StoreError:
         env.close()
         raise
+
+
+_UPGRADE_CHUNK = 10_000  # items rewritten per transaction when upgrading the format
+
+
+def _upgrade_format(env: Any, items_db: Any, meta_db: Any) -> None:
+    """Bring a store written before the per-item checksum (format 1) to the current format.
+
+    The items are rewritten in key order, a chunk per transaction; until the last chunk
+    commits with the format key, ``FORMAT_KEY`` holds ``1:`` and the key up to which values
+    are upgraded, so a crash midway resumes where it stopped instead of rewriting (and
+    checksumming twice) what is already done. A new store just gets the format key.
+    """
+    with env.begin() as txn:
+        current = txn.get(FORMAT_KEY, db=meta_db)
+        has_items = txn.cursor(db=items_db).first()
+    if current == FORMAT:
+        return
+    if current is not None and not current.startswith(b"1:"):
+        raise StoreError(
+            f"store format {bytes(current).decode('latin-1')!r} is not one this kestrelpy "
+            f"reads (it writes {FORMAT.decode()}): run the kestrelpy that wrote it"
+        )
+    if current is None and not has_items:
+        with env.begin(write=True) as txn:
+            txn.put(FORMAT_KEY, FORMAT, db=meta_db)
+        return
+    done_to = bytes(current[2:]) if current is not None else b""
+    while True:
+        with env.begin(write=True) as txn:
+            cursor = txn.cursor(db=items_db)
+            positioned = cursor.set_range(done_to) if done_to else cursor.first()
+            if positioned and done_to and cursor.key() == done_to:
+                positioned = cursor.next()
+            rewritten = 0
+            while positioned and rewritten < _UPGRADE_CHUNK:
+                done_to = bytes(cursor.key())
+                cursor.put(done_to, upgrade_value(cursor.value()))
+                rewritten += 1
+                positioned = cursor.next()
+            finished = not positioned
+            txn.put(FORMAT_KEY, FORMAT if finished else b"1:" + done_to, db=meta_db)
+        if finished:
+            return
 
 
 def _check_length(env: Any, path: Path, file_bytes: int, command: str) -> None:

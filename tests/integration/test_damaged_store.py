@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import urllib.request
 from pathlib import Path
 
 import lmdb
@@ -190,3 +191,44 @@ def test_a_damaged_page_fails_that_read_and_the_server_stays_up(store, server_fa
         assert conn.read_line(timeout=10) == b"SERVER_ERROR store read failed\r\n"
     assert srv.running, srv.log()
     assert "store damaged" in srv.log(), srv.log()
+
+
+def flip_payload_byte(data_dir: Path, marker: bytes) -> int:
+    """Flip one payload byte just after ``marker`` wherever the file holds it (the live
+    page and stale copies alike); returns how many copies were changed."""
+    path = data_dir / "data.mdb"
+    raw = bytearray(path.read_bytes())
+    at = raw.find(marker)
+    copies = 0
+    while at != -1:
+        raw[at + len(marker)] ^= 0x01
+        copies += 1
+        at = raw.find(marker, at + 1)
+    path.write_bytes(bytes(raw))
+    return copies
+
+
+def test_an_item_that_fails_its_checksum_is_refused_dropped_and_counted(store, server_factory):
+    """Issue 18, finding 4: flipped payload bytes were served as if sound."""
+    damaged = copy_of(store, "flipped")
+    assert flip_payload_byte(damaged, small(5)[:11]) >= 1
+    srv: ServerProcess = server_factory(None, data_dir=damaged, http=True)
+    with srv.connect(timeout=10) as conn:
+        for index in range(5):
+            assert conn.get("many") == small(index)
+        conn.send(b"get many\r\n")
+        assert conn.read_line(timeout=10) == (
+            b"SERVER_ERROR item failed its checksum and was dropped\r\n"
+        ), srv.log()
+        assert conn.get("many") == small(6)  # the queue goes on after it
+        assert conn.stats()["queue_many_items"] == str(SMALL_ITEMS - 7)
+    with urllib.request.urlopen(srv.http_url() + "/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert 'kestrelpy_queue_corrupt_items_total{queue="many"} 1.0' in metrics
+    assert srv.running, srv.log()
+    assert "failed its checksum" in srv.log(), srv.log()
+    srv.stop()
+    srv = server_factory(None, data_dir=damaged)  # dropped for good, counters still exact
+    with srv.connect(timeout=10) as conn:
+        assert conn.get("many") == small(7)
+        assert conn.stats()["queue_many_items"] == str(SMALL_ITEMS - 8)

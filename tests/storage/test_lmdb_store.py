@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 from conftest import ThreadClock, run_until_idle
 from hypothesis import given, settings
@@ -26,8 +27,18 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from kestrelpy.commits.batch import Batch
-from kestrelpy.errors import KestrelpyError, StoreError
-from kestrelpy.storage.layout import HEADER, ITEM_KEY, QUEUE_RECORD
+from kestrelpy.errors import CorruptItemError, KestrelpyError, StoreError
+from kestrelpy.storage import lmdb_store
+from kestrelpy.storage.layout import (
+    FORMAT,
+    FORMAT_KEY,
+    HEADER,
+    HEADER_V1,
+    ITEM_KEY,
+    QUEUE_RECORD,
+    encode_item,
+    upgrade_value,
+)
 from kestrelpy.storage.lmdb_store import LmdbStorage, QueueRecord, StoredItem, inspect_store
 from kestrelpy.store import Store
 
@@ -554,7 +565,7 @@ def batch_creating(name: bytes, qid: int, sizes: list[int]) -> Batch:
     batch.new_queues[name] = QUEUE_RECORD.pack(qid, 9)
     batch.next_qid = qid + 1
     for item_id, size in enumerate(sizes):
-        batch.puts[ITEM_KEY.pack(qid, item_id)] = HEADER.pack(0, 0, 0) + b"v" * size
+        batch.puts[ITEM_KEY.pack(qid, item_id)] = encode_item(0, 0, 0, b"v" * size)
     return batch
 
 
@@ -620,7 +631,7 @@ def test_a_full_map_that_cannot_grow_refuses_puts_but_commits_removals(tmp_path,
 
     from kestrelpy.errors import PutsRefusedError, StoreFullError
     from kestrelpy.storage import lmdb_store
-    from kestrelpy.storage.layout import item_header, item_key
+    from kestrelpy.storage.layout import encode_item, item_key
 
     storage = LmdbStorage(tmp_path / "db", sync="never")
 
@@ -628,7 +639,7 @@ def test_a_full_map_that_cannot_grow_refuses_puts_but_commits_removals(tmp_path,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(lmdb_store, "_reserve", disk_full)
-    value = item_header(0, 0, 0) + b"v" * 200
+    value = encode_item(0, 0, 0, b"v" * 200)
     item_id = 0
     error = None
     while error is None:  # fill the map to the last page puts may use
@@ -654,3 +665,111 @@ def test_a_full_map_that_cannot_grow_refuses_puts_but_commits_removals(tmp_path,
     assert storage.commit(removals) is None
     assert storage.read_items(1, 0, item_id + 1, 10**6, 10**9) == []
     storage.close()
+
+
+# ------------------------------------------------------ per-item checksums, format 1
+
+
+def as_format_1(path: Path) -> int:
+    """Rewrite a closed store as format 1 (values without checksum, no format key), the
+    way stores were written before checksums; returns how many items it holds."""
+    env = lmdb.open(str(path), max_dbs=4)
+    try:
+        items_db, meta_db = env.open_db(b"items"), env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            values = list(txn.cursor(db=items_db))
+            for key, value in values:
+                flags, expiry_ms, added_ms, _ = HEADER.unpack_from(value)
+                old = HEADER_V1.pack(flags, expiry_ms, added_ms) + value[HEADER.size :]
+                txn.put(key, old, db=items_db)
+            assert txn.delete(FORMAT_KEY, db=meta_db)
+        return len(values)
+    finally:
+        env.close()
+
+
+def format_key(path: Path) -> bytes | None:
+    env = lmdb.open(str(path), max_dbs=4, readonly=True)
+    try:
+        with env.begin() as txn:
+            return txn.get(FORMAT_KEY, db=env.open_db(b"meta", txn=txn, create=False))
+    finally:
+        env.close()
+
+
+def test_a_format_1_store_is_upgraded_in_chunks_when_opened(
+    tmp_path: Path, clock: ThreadClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "db", clock, sync="never")
+    qid = committed_queue(store, clock, range(25))
+    store.close()
+    assert format_key(tmp_path / "db") == FORMAT
+    assert as_format_1(tmp_path / "db") == 25
+    monkeypatch.setattr(lmdb_store, "_UPGRADE_CHUNK", 7)  # four transactions
+    store = Store(tmp_path / "db", clock, sync="never")
+    try:
+        items = store.read_items(qid, 0, 25, 100, 1 << 20)
+        assert [(i.item_id, i.flags, i.added_ms, i.data) for i in items] == [
+            (n, n % 5, 7, b"%04d" % n) for n in range(25)
+        ]
+        assert record_of(store, "q").payload_bytes == 100  # counters untouched
+    finally:
+        store.close()
+    assert format_key(tmp_path / "db") == FORMAT
+
+
+def test_an_upgrade_cut_short_resumes_where_it_stopped(tmp_path: Path, clock: ThreadClock) -> None:
+    """What a kill during the upgrade leaves: the first chunk committed (its values in the
+    new format, the format key saying up to where), the rest still format 1."""
+    store = Store(tmp_path / "db", clock, sync="never")
+    qid = committed_queue(store, clock, range(10))
+    store.close()
+    as_format_1(tmp_path / "db")
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=4)
+    with env.begin(write=True) as txn:
+        items_db, meta_db = env.open_db(b"items", txn=txn), env.open_db(b"meta", txn=txn)
+        for item_id in range(4):
+            key = ITEM_KEY.pack(qid, item_id)
+            txn.put(key, upgrade_value(txn.get(key, db=items_db)), db=items_db)
+        txn.put(FORMAT_KEY, b"1:" + ITEM_KEY.pack(qid, 3), db=meta_db)
+    env.close()
+    store = Store(tmp_path / "db", clock, sync="never")
+    try:  # upgraded twice, the first four would come back with 4 bytes too many
+        assert [i.data for i in store.read_items(qid, 0, 10, 100, 1 << 20)] == [
+            b"%04d" % n for n in range(10)
+        ]
+    finally:
+        store.close()
+    assert format_key(tmp_path / "db") == FORMAT
+
+
+def test_a_store_of_an_unknown_format_is_refused(tmp_path: Path, clock: ThreadClock) -> None:
+    Store(tmp_path / "db", clock, sync="never").close()
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=4)
+    with env.begin(write=True) as txn:
+        txn.put(FORMAT_KEY, b"9", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(StoreError, match="store format '9'"):
+        Store(tmp_path / "db", clock, sync="never")
+
+
+def test_read_items_returns_the_sound_items_before_a_corrupt_one(
+    open_store: Callable[..., Store], clock: ThreadClock, tmp_path: Path
+) -> None:
+    store = open_store()
+    qid = committed_queue(store, clock, range(6))
+    store.close()
+    env = lmdb.open(str(tmp_path / "db"), max_dbs=4)
+    with env.begin(write=True) as txn:
+        items_db = env.open_db(b"items", txn=txn)
+        key = ITEM_KEY.pack(qid, 3)
+        value = bytearray(txn.get(key, db=items_db))
+        value[-1] ^= 0x01
+        txn.put(key, bytes(value), db=items_db)
+    env.close()
+    store = open_store()
+    assert ids_of(store.read_items(qid, 0, 6, 100, 1 << 20)) == [0, 1, 2]
+    with pytest.raises(CorruptItemError) as caught:
+        store.read_items(qid, 3, 6, 100, 1 << 20)
+    assert (caught.value.item_id, caught.value.payload_size) == (3, 4)
+    assert ids_of(store.read_items(qid, 4, 6, 100, 1 << 20)) == [4, 5]
