@@ -10,11 +10,10 @@ every unacknowledged message back. The server's ``max_open_transactions`` (defau
 therefore never reached, whatever the prefetch count; the prefetch count bounds instead how
 many connections a consumer holds.
 
-A client whose message is acknowledged goes back to an idle stack and reads the next
-message: its close can ride on that read (``get q/close/open``), saving a round trip,
-when the ack comes from the consuming thread, which reads again at once. An ack from
-another thread (a prefork pool's result thread) closes at once, since the consuming
-thread may be blocked in a long read and the close must not wait behind it.
+An ack or requeue goes out at once, from whichever thread makes it (a prefork Celery
+worker acks from its pool's result thread), on the holding connection, which nothing
+else uses: it never waits behind the consuming thread's blocking read. The client then
+goes back to an idle stack and reads a later message.
 
 Threads: ``hold``/``take``/``release``/``idle`` may be called from any thread; a client is
 used by one thread at a time, since it is in exactly one place: a reader slot (consuming
@@ -46,7 +45,7 @@ class Holds(Generic[C]):
         self._new_client = new_client
         self._lock = threading.Lock()
         self._held: dict[str, Held[C]] = {}
-        self._idle: list[C] = []  # a stack: the client acked last (close owed) reads next
+        self._idle: list[C] = []  # a stack: the client idled last (its socket warm) reads next
 
     def hold(self, tag: str, client: C, queue: str) -> None:
         with self._lock:
@@ -63,7 +62,7 @@ class Holds(Generic[C]):
             return list(self._held)
 
     def idle(self, client: C) -> None:
-        """``client`` holds nothing open (a close may be owed): it can read again."""
+        """``client`` holds nothing open: it can read again."""
         with self._lock:
             self._idle.append(client)
 
@@ -75,8 +74,8 @@ class Holds(Generic[C]):
         return self._new_client()
 
     def drain_idle(self, keep: int = 0) -> list[C]:
-        """Take all idle clients but the ``keep`` idled last (to flush owed closes, or to
-        disconnect them); the caller idles them again or drops them."""
+        """Take all idle clients but the ``keep`` idled last; the caller idles them again
+        or drops them."""
         with self._lock:
             cut = max(len(self._idle) - keep, 0)
             taken, self._idle[:cut] = self._idle[:cut], []

@@ -26,7 +26,6 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from queue import Empty
 from typing import Any
 
@@ -67,12 +66,14 @@ class QoS(virtual.QoS):
     def ack(self, delivery_tag: str) -> None:
         self.channel.settle(delivery_tag, requeue=False)
         super().ack(delivery_tag)
+        self.channel.connection.wake()  # after the count drops: a room under prefetch
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """``requeue``: the item goes back to the head of its queue (``abort``); otherwise
         it is dropped (``close``), as kombu drops a rejected message."""
         self.channel.settle(delivery_tag, requeue=requeue)
         self._quick_ack(delivery_tag)
+        self.channel.connection.wake()
 
     def restore_unacked(self) -> list[tuple[BaseException, Any]]:
         """Give every unacknowledged message back to the server (newest first, so the
@@ -322,12 +323,9 @@ class KestrelChannel(virtual.Channel):
         if held is None:
             return
         client, queue = held.client, held.queue
-        same_thread = threading.get_ident() == self.connection.consuming_thread
         try:
             if requeue:
                 client.abort(queue)
-            elif same_thread:
-                client.engine.finish(queue)  # sent with this client's next read, right after
             else:
                 client.close(queue)
         except ClientError as err:
@@ -341,18 +339,10 @@ class KestrelChannel(virtual.Channel):
             client.disconnect()
             return
         self.holds.idle(client)
-        self.connection.wake()
 
-    def flush_owed_closes(self) -> None:
-        """Send the closes owed by idle clients, but the one idled last (it reads next and
-        carries its close along)."""
-        for client in self.holds.drain_idle(keep=1):
-            try:
-                client.flush_closes()
-            except ClientError:
-                client.disconnect()
-                continue
-            self.holds.idle(client)
+    def prefetch_full(self) -> bool:
+        """Consumers wait for acks before reading more."""
+        return bool(self._consumers) and not self.closed and not self.qos.can_consume()
 
     def consumed(self) -> list[str]:
         """kombu queues to read now: none while prefetch is used up."""
@@ -402,7 +392,6 @@ class Transport(virtual.Transport):
         )
         options = client.transport_options or {}
         self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
-        self.consuming_thread: int | None = None
         self._wakeup = threading.Event()
         self._sticky: tuple[int, str] | None = None  # (channel id, queue) that delivered last
 
@@ -421,41 +410,53 @@ class Transport(virtual.Transport):
 
     def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> None:
         """Deliver one message from any consumed queue of any channel, or raise
-        ``socket.timeout`` after ``timeout`` seconds (None: wait as long as it takes)."""
-        self.consuming_thread = threading.get_ident()
+        ``socket.timeout`` after ``timeout`` seconds (None: wait as long as it takes).
+
+        While some consumer has used up its prefetch, no read blocks on the server: an
+        ack (from another thread) must be able to end the wait at once, and a blocked read
+        cannot be cut short. The other queues are then checked without waiting, between
+        waits on the ack event of at most ``polling_interval``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._wakeup.clear()
-            sources = list(self._sources())
-            if sources:
-                if self._read_one(sources, deadline):
-                    return
-            else:
+            sources, held_back = self._sources()
+            if sources and self._read_one(sources, deadline, may_block=not held_back):
+                return
+            if held_back or not sources:
                 left = _left_s(deadline)
-                self._wakeup.wait(self.polling_interval if left is None else left)
+                cap = self.polling_interval if sources or left is None else left
+                self._wakeup.wait(cap if left is None else min(cap, left))
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError()
 
-    def _sources(self) -> Iterator[tuple[KestrelChannel, str]]:
-        """(channel, kombu queue) to read, the one that delivered last first."""
-        pairs = [(channel, queue) for channel in self.channels for queue in channel.consumed()]
+    def _sources(self) -> tuple[list[tuple[KestrelChannel, str]], bool]:
+        """(channel, kombu queue) pairs to read, the one that delivered last first; and
+        whether some consumer is held back by its prefetch limit."""
+        pairs: list[tuple[KestrelChannel, str]] = []
+        held_back = False
+        for channel in self.channels:
+            queues = channel.consumed()
+            held_back = held_back or (not queues and channel.prefetch_full())
+            pairs += [(channel, queue) for queue in queues]
         sticky = self._sticky
         if sticky is not None:
             pairs.sort(key=lambda pair: (id(pair[0]), pair[1]) != sticky)
-        yield from pairs
+        return pairs, held_back
 
-    def _read_one(self, sources: list[tuple[KestrelChannel, str]], deadline: float | None) -> bool:
-        """One pass: each source without waiting, then a wait on the first; True if a
-        message was delivered."""
-        for channel in {id(channel): channel for channel, _ in sources}.values():
-            channel.flush_owed_closes()
+    def _read_one(
+        self, sources: list[tuple[KestrelChannel, str]], deadline: float | None, *, may_block: bool
+    ) -> bool:
+        """One pass: each source without waiting, then (``may_block``) a wait on the first,
+        for what is left of the timeout when it is the only one, else for at most
+        ``polling_interval``; True if a message was delivered."""
         waits = [0] * len(sources)
-        left = _left_s(deadline)
-        if len(sources) == 1:
-            waits[0] = _wait_ms(left, None)
-        else:
-            waits.append(_wait_ms(left, self.polling_interval))
-            sources = [*sources, sources[0]]
+        if may_block:
+            left = _left_s(deadline)
+            if len(sources) == 1:
+                waits[0] = _wait_ms(left, None)
+            else:
+                waits.append(_wait_ms(left, self.polling_interval))
+                sources = [*sources, sources[0]]
         for (channel, queue), wait_ms in zip(sources, waits, strict=True):
             payload = channel.read(queue, wait_ms, no_ack=queue in channel._no_ack)
             if payload is not None:

@@ -21,7 +21,7 @@ def test_checkout_makes_clients_until_one_is_idle() -> None:
     assert holds.checkout() == "c1"
 
 
-def test_idle_is_a_stack_so_the_client_owing_a_close_reads_next() -> None:
+def test_idle_is_a_stack_so_the_last_idled_client_reads_next() -> None:
     holds = fresh()
     holds.idle("a")
     holds.idle("b")

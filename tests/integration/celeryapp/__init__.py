@@ -1,0 +1,1 @@
+"""The Celery app the integration tests run workers of (see tasks.py)."""
