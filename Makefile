@@ -38,7 +38,11 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy kestrelpy
 
-bench: $(VENV)/.installed-test system-deps
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+bench: $(VENV)/.installed-bench system-deps
 	$(BIN)/python -m loadtest.bench
 
 # Long runs of tests/faults: the kill -9 crash loop (rounds per sync policy) and the live

@@ -10,6 +10,9 @@ does not start is reported as "failed to start" and the others still run.
 Sizes and counts are documented in loadtest/README.md; ``--full`` packs 1M items instead of
 200k, ``--quick`` shrinks everything for a smoke run.
 
+The celery scenario (kestrelpy only) runs Celery workers against the column's kestrelpy
+and against a Redis it starts itself (loadtest/celery_bench.py), in the same run.
+
 Two scenarios measure the HTTP listener (kestrelpy only): flood10 again with ``/metrics``
 scraped every second by a thread of this process (compared with flood10, HTTP off), and
 the time of one scrape of a server with 1,000 and then 10,000 queues, measured here too.
@@ -229,6 +232,21 @@ def scenarios(full: bool, quick: bool) -> list[Scenario]:
                 client_cpu("reliable read", "reliable"),
             ),
             300,
+            kestrelpy_only=True,
+        ),
+        Scenario(
+            "celery",
+            "celery: tasks/s, kestrelpy vs Redis as Celery's broker, same worker, same run "
+            "(x: ratio to Redis)",
+            "celery_bench",
+            ("--rounds", "1", "--tasks", "300") if quick else ("--rounds", "3", "--tasks", "2000"),
+            (
+                Metric("Redis tasks/s", ("brokers", "redis", "tasks_per_s"), "tasks/s"),
+                Metric("kestrelpy tasks/s", ("brokers", "kestrelpy", "tasks_per_s"), "tasks/s"),
+                Metric("kestrelpy vs Redis", ("ratio",), "x"),
+            ),
+            240,
+            server_pid=True,  # Redis is pinned to the kestrelpy server's CPU
             kestrelpy_only=True,
         ),
         Scenario(
@@ -658,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda text: text.split(","),
         default=None,
         help="comma list of flood10, flood10_metrics, scrape10k, flood100, fairness, packing, "
-        "many_clients, client, idle",
+        "many_clients, client, celery, idle",
     )
     parser.add_argument(
         "--output", type=Path, default=ROOT / "loadtest" / "RESULTS.md", help="results file"
