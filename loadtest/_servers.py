@@ -42,6 +42,13 @@ START_TIMEOUT_S = 30.0  # a cold kestrelpy imports Twisted and opens LMDB; gener
 STOP_TIMEOUT_S = 15.0  # a durable server may commit and sync on shutdown
 LOG_TAIL_LINES = 80
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# The durable peer of the issue's targets (list LPUSH/RPOP, AOF fsynced for every write
+# turn), and the same Redis with no persistence at all: the floor and the ceiling.
+REDIS_PERSISTENCE = {
+    "always": ("--appendonly", "yes", "--appendfsync", "always"),
+    "none": ("--appendonly", "no"),
+}
 
 # kestrelpy and the fake Kestrel announce their memcache listener with this. Other
 # listeners (an HTTP metrics one, say) may log a similar line; they name themselves.
@@ -127,6 +134,24 @@ def memcached_server(*, connections: int = 4096, cpu: int | None = None) -> Serv
     if os.geteuid() == 0:
         argv += ["-u", "root"]  # memcached refuses to run as root without it
     return Server(argv, name="memcached", port=port, cpu=cpu)
+
+
+def redis_server(workdir: Path, *, persistence: str = "always", cpu: int | None = None) -> Server:
+    """Debian's ``redis-server`` as our child on a free loopback port, not started.
+
+    Its AOF (``persistence`` ``always``) lives in ``workdir``; RDB snapshots are off
+    (``--save ""``) so only the AOF's fsyncs cost disk time, as in the issue's comparison.
+    Logs go to stdout (drained by Server), never to a file or syslog; never a service.
+    """
+    if not os.path.exists(REDIS_SERVER):
+        raise ServerError(
+            "redis-server is not installed: run `make system-deps` (apt-get install redis-server)"
+        )
+    port = free_port()
+    argv = [REDIS_SERVER, "--port", str(port), "--bind", HOST, "--dir", str(workdir)]
+    argv += ["--save", "", *REDIS_PERSISTENCE[persistence], "--daemonize", "no"]
+    argv += ["--protected-mode", "yes", "--logfile", ""]
+    return Server(argv, name=f"redis-{persistence}", port=port, cpu=cpu, cwd=workdir)
 
 
 @contextlib.contextmanager
