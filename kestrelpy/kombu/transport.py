@@ -135,23 +135,25 @@ class KestrelChannel(virtual.Channel):
         """``set`` on the parent copies the message into every bound queue (child), on
         the server that takes it; the parent's own copy, which nobody reads, is flushed."""
         parent = names.fanout_parent(exchange)
-        self._store(parent, message)
+        self._store(parent, message, expiry_s=_broadcast_expiry_s(message))
         with self._write_lock:
             self._writer.flush(parent)
 
-    def _store(self, kestrel_queue: str, message: dict[str, Any]) -> None:
+    def _store(self, kestrel_queue: str, message: dict[str, Any], expiry_s: int = 0) -> None:
         body = dumps(message).encode()
         with self._write_lock:
-            self._writer.put(kestrel_queue, body, expiry_s=_expiry_s(message))
+            self._writer.put(kestrel_queue, body, expiry_s=expiry_s or _expiry_s(message))
 
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> list[str]:
         """Queues bound here, else (direct exchanges) those the servers' binding markers
-        name; none anywhere raises :class:`UnroutableError` instead of dropping."""
+        name; none anywhere raises :class:`UnroutableError` instead of dropping. A topic
+        exchange raises :class:`~kestrelpy.kombu.names.UnmappableError`: its bindings
+        cannot be shared between processes (see :meth:`queue_bind`)."""
         if not exchange:
             return [routing_key]
         kind = self.typeof(exchange).type
-        if kind not in ("direct", "topic", "fanout"):
-            raise names.UnmappableError(f"exchange type {kind!r} is not supported")
+        if kind != "direct" and kind != "fanout":
+            self._refuse_once(exchange, kind)
         try:
             local = self.typeof(exchange).lookup(
                 self.get_table(exchange), exchange, routing_key, default
@@ -160,16 +162,23 @@ class KestrelChannel(virtual.Channel):
             local = set()
         if local:
             return sorted(local)
-        if kind == "direct":
-            remote = self._bound_on_servers(exchange, routing_key)
-            if remote:
-                return remote
+        remote = self._bound_on_servers(exchange, routing_key) if kind == "direct" else []
+        if remote:
+            return remote
         raise UnroutableError(
             f"no queue is bound to {kind} exchange {exchange!r} with routing key "
-            f"{routing_key!r}"
-            + (" on the kestrelpy servers" if kind == "direct" else "")
-            + "; the message was not stored"
+            f"{routing_key!r}, in this process or on the kestrelpy servers; the message "
+            "was not stored"
         )
+
+    def _refuse_once(self, exchange: str, kind: str) -> None:
+        """Raise for a topic (or other) exchange, and log it the first time: Celery's event
+        dispatcher buffers a failed publish without a word, and events would pile up."""
+        why = _unmappable(exchange, kind)
+        if exchange not in _REFUSALS_LOGGED:
+            _REFUSALS_LOGGED.add(exchange)
+            log.error("kestrelpy: %s", why)
+        raise names.UnmappableError(why)
 
     def _bound_on_servers(self, exchange: str, routing_key: str) -> list[str]:
         parent = names.binding_parent(exchange, routing_key)
@@ -185,12 +194,20 @@ class KestrelChannel(virtual.Channel):
     def exchange_declare(
         self, exchange: Any = None, type: Any = "direct", *args: Any, **kwargs: Any
     ) -> Any:
+        """Any type may be declared (Celery declares its event exchange whether events are
+        on or not); binding a queue to, or publishing on, one that is neither direct nor
+        fanout raises. kombu's virtual channels know no other types, so those raise here."""
         if (type or "direct") not in ("direct", "fanout", "topic"):
-            raise names.UnmappableError(
-                f"exchange {exchange!r}: type {type!r} cannot be mapped onto kestrelpy queues "
-                "(direct, fanout and, within one process, topic can)"
-            )
+            raise names.UnmappableError(_unmappable(exchange, type))
         return super().exchange_declare(exchange, type, *args, **kwargs)
+
+    def queue_bind(
+        self, queue: str, exchange: Any = None, routing_key: str = "", *args: Any, **kwargs: Any
+    ) -> Any:
+        kind = self.typeof(exchange or "amq.direct").type
+        if kind not in ("direct", "fanout"):
+            raise names.UnmappableError(_unmappable(exchange, kind))
+        return super().queue_bind(queue, exchange, routing_key, *args, **kwargs)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
         """Record the binding on the servers, for publishers in other processes: the fanout
@@ -467,6 +484,17 @@ class Transport(virtual.Transport):
         return False
 
 
+_REFUSALS_LOGGED: set[str] = set()  # exchanges already logged as unmappable
+
+
+def _unmappable(exchange: str, kind: str) -> str:
+    return (
+        f"{kind} exchange {exchange!r} cannot be mapped onto kestrelpy queues: only direct "
+        "and fanout bindings can be shared between processes (Celery's events, -E, "
+        "'celery events' and Flower need a broker with topic exchanges; see docs/celery.md)"
+    )
+
+
 def _left_s(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
@@ -489,3 +517,13 @@ def _expiry_s(message: dict[str, Any]) -> int:
         return max(math.ceil(float(expiration) / 1000), 1)
     except (TypeError, ValueError):
         return 0
+
+
+def _broadcast_expiry_s(message: dict[str, Any]) -> int:
+    """kombu's remote-control broadcasts carry an ``expires`` header (unix seconds) after
+    which nobody waits for the reply. The copies in fanout children get it as their absolute
+    exptime, so the child of a worker that is gone does not fill up with them."""
+    expires = (message.get("headers") or {}).get("expires")
+    if isinstance(expires, int | float) and expires > 1_000_000:
+        return math.ceil(expires)
+    return 0

@@ -332,8 +332,13 @@ def test_unroutable_and_unmappable_are_refused_not_dropped(server: ServerProcess
         with pytest.raises(UnroutableError, match="no queue is bound"):
             producer.publish({"x": 1}, exchange=nobody, routing_key="k", declare=[nobody])
         headers = Exchange("hdrs", type="headers")
-        with pytest.raises(UnmappableError, match="'headers' cannot be mapped"):
+        with pytest.raises(UnmappableError, match="headers exchange 'hdrs' cannot be mapped"):
             producer.publish({"x": 1}, exchange=headers, declare=[headers])
+        topic = Exchange("events", type="topic")
+        with pytest.raises(UnmappableError, match="topic exchange 'events' cannot be mapped"):
+            conn.SimpleQueue(Queue("watcher", topic, routing_key="task.#"))
+        with pytest.raises(UnmappableError, match="topic exchange 'events' cannot be mapped"):
+            producer.publish({"x": 1}, exchange=topic, routing_key="task.x", declare=[topic])
 
 
 def test_unreachable_server_and_bad_urls_are_kombus_usual_errors() -> None:
