@@ -10,6 +10,11 @@ does not start is reported as "failed to start" and the others still run.
 Sizes and counts are documented in loadtest/README.md; ``--full`` packs 1M items instead of
 200k, ``--quick`` shrinks everything for a smoke run.
 
+ref10 and ref100 measure with the C reference client (loadtest/ref_client.c, built with gcc
+at run time), the yardstick of the performance targets, and also run against Redis
+(``redis-always``: LPUSH/RPOP, AOF with ``appendfsync always``; ``redis-none``: no
+persistence), the durable peer; Redis shows "n/a" in every other scenario.
+
 The celery scenario (kestrelpy only) runs Celery workers against the column's kestrelpy
 and against a Redis it starts itself (loadtest/celery_bench.py), in the same run.
 
@@ -39,7 +44,16 @@ from typing import Any
 
 from loadtest._client import connect, parse_address
 from loadtest._proc import cpu_model, cpu_seconds, raise_fd_limit
-from loadtest._servers import MEMCACHED, Server, ServerError, memcached_server, serve_argv
+from loadtest._servers import (
+    MEMCACHED,
+    REDIS_PERSISTENCE,
+    REDIS_SERVER,
+    Server,
+    ServerError,
+    memcached_server,
+    redis_server,
+    serve_argv,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -94,8 +108,19 @@ class Scenario:
     http: bool = False  # kestrelpy with its HTTP listener on
     scrape_every_s: float = 0.0  # scrape /metrics this often while the tool runs (0: never)
     kestrelpy_only: bool = False  # memcached's cell says "n/a"
+    redis_too: bool = False  # the Redis columns run it (RESP); elsewhere their cell is "n/a"
     # measured in this process instead of by a tool: the server in, the report out
     inline: Callable[[Server], dict[str, Any]] | None = field(default=None, compare=False)
+
+
+def applies(scenario: Scenario, server: str) -> bool:
+    """Whether ``scenario`` runs on the server column ``server`` (else its cell is "n/a").
+
+    Redis speaks RESP, not memcache: it only runs the scenarios whose tool speaks both.
+    """
+    if server.startswith("redis-"):
+        return scenario.redis_too
+    return not (scenario.kestrelpy_only and server == "memcached")
 
 
 def client_cpu(what: str, loop: str) -> Metric:
@@ -161,6 +186,7 @@ def scenarios(full: bool, quick: bool) -> list[Scenario]:
             (ops, p99_set, p99_get),
             180,
         ),
+        *(ref_scenario(conns, run_s) for conns in (10, 100)),
         Scenario(
             "fairness",
             "fairness, 10 x 64 B sets vs 10 x 1 MiB",
@@ -265,6 +291,28 @@ def scenarios(full: bool, quick: bool) -> list[Scenario]:
     ]
 
 
+def ref_scenario(connections: int, run_s: str) -> Scenario:
+    """ref10 / ref100: the C reference client (loadtest/ref_client.c), the issue's yardstick;
+    memcache set/get, or LPUSH/RPOP on the Redis columns. Server CPU per request, and the
+    client's own CPU, show which side was the limit."""
+    return Scenario(
+        f"ref{connections}",
+        f"C ref client, {connections} conns ({connections // 2}+{connections // 2}), 64 B "
+        "set/get (Redis: LPUSH/RPOP)",
+        "ref_client",
+        ("--connections", str(connections), "--duration", run_s),
+        (
+            Metric("ops/s", ("ops", "total", "ops_per_s"), "ops/s", ratio=True),
+            Metric("p99", ("ops", "total", "latency", "p99_ms"), "ms"),
+            Metric("server CPU per request", ("server_cpu_us_per_op",), "us"),
+            Metric("client CPU", ("client_cpu_percent",), "%"),
+        ),
+        120,
+        server_cpu=True,
+        redis_too=True,
+    )
+
+
 @dataclass
 class Outcome:
     """One tool run: its JSON report, or why there is none."""
@@ -272,7 +320,7 @@ class Outcome:
     report: dict[str, Any] | None = None
     error: str = ""
     seconds: float = 0.0
-    not_applicable: bool = False  # a kestrelpy-only scenario on memcached
+    not_applicable: bool = False  # a kestrelpy-only scenario on memcached, or not RESP on Redis
 
     @property
     def check_failed(self) -> bool:
@@ -309,6 +357,8 @@ def run_scenario(server: Server, scenario: Scenario, load_cpu: int | None) -> Ou
 def _run_tool(server: Server, scenario: Scenario, load_cpu: int | None) -> Outcome:
     argv = [_venv_python(), "-m", f"loadtest.{scenario.tool}", "--server", server.address]
     argv += ["--json", "--quiet", *scenario.args]
+    if server.name.startswith("redis-"):
+        argv += ["--protocol", "redis"]  # only redis_too scenarios reach a Redis
     if load_cpu is not None:
         argv += ["--cpu", str(load_cpu)]
     if scenario.server_pid:
@@ -436,6 +486,9 @@ def start_server(
     if name == "memcached":
         # sized for the idle-readers scenario: 10,000 readers and some spare
         return memcached_server(connections=10_000 + 1024, cpu=args.server_cpu).start()
+    if name.startswith("redis-"):
+        persistence = name.removeprefix("redis-")
+        return redis_server(workdir, persistence=persistence, cpu=args.server_cpu).start()
     sync = name.removeprefix("kestrelpy-")
     http = scenario is not None and scenario.http
     return start_kestrelpy(sync, args.server_cpu, args.kestrelpy_cmd, workdir, http=http)
@@ -447,7 +500,7 @@ def run_all(args: argparse.Namespace, plan: list[Scenario]) -> dict[str, dict[st
     for name in args.servers:
         results[name] = {}
         for scenario in plan:
-            if scenario.kestrelpy_only and name == "memcached":
+            if not applies(scenario, name):
                 results[name][scenario.key] = Outcome(not_applicable=True)
                 continue
             _log(f"{name}: {scenario.key} ...")
@@ -541,6 +594,9 @@ def results_table(
 
 
 def _column(name: str) -> str:
+    if name.startswith("redis-"):
+        persistence = name.removeprefix("redis-")
+        return "Redis (no persistence)" if persistence == "none" else f"Redis ({persistence})"
     return f"kestrelpy ({name.removeprefix('kestrelpy-')})" if name != "memcached" else name
 
 
@@ -575,7 +631,13 @@ def machine() -> dict[str, str]:
         memcached = subprocess.run(
             [MEMCACHED, "-V"], capture_output=True, text=True, timeout=10, check=False
         ).stdout.strip()
+    redis = ""
+    if os.path.exists(REDIS_SERVER):
+        redis = subprocess.run(
+            [REDIS_SERVER, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.split(" sha=")[0]
     return {
+        "redis": redis or "redis-server not installed",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(os.cpu_count()),
         "cpu": cpu_model(),
@@ -607,7 +669,7 @@ Written by `make bench` (`python -m loadtest.bench{" --full" if args.full else "
 - date: {info["date"]}
 - machine: {info["nproc"]} CPUs, {info["cpu"]}, {info["kernel"]}; load average at start \
 {info["loadavg"]}
-- python: {info["python"]}; {info["memcached"]}
+- python: {info["python"]}; {info["memcached"]}; {info["redis"]}
 - commit: {info["commit"]}
 - pinning: {pinning}; every scenario on a fresh server process (kestrelpy: fresh data dir)
 
@@ -617,7 +679,8 @@ Written by `make bench` (`python -m loadtest.bench{" --full" if args.full else "
 CHECK FAILED marks a run whose exactly-once / lost-item check failed. memcached has no
 blocking reads: in many_clients its readers spin on plain gets, so its "delivery" figures
 (first sighting of each item) are not comparable. Absolute numbers drift between runs and
-machines; compare ratios, as the project's performance reference does.
+machines; compare ratios, as the project's performance reference does. The ref rows use the
+C client (loadtest/ref_client.c); on Redis its load is LPUSH/RPOP on one list, "n/a" elsewhere.
 {_notes(results)}{_kept_tail(path)}"""
     path.write_text(text, encoding="utf-8")
 
@@ -669,14 +732,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--servers",
         type=lambda text: [s for s in text.split(",") if s],
         default=None,
-        help="comma list of kestrelpy-always, kestrelpy-periodic, memcached (default: all)",
+        help="comma list of kestrelpy-always, kestrelpy-periodic, memcached, redis-always, "
+        "redis-none (default: all but redis-none; Redis runs the ref scenarios only)",
     )
     parser.add_argument(
         "--scenarios",
         type=lambda text: text.split(","),
         default=None,
-        help="comma list of flood10, flood10_metrics, scrape10k, flood100, fairness, packing, "
-        "many_clients, client, celery, idle",
+        help="comma list of flood10, flood10_metrics, scrape10k, flood100, ref10, ref100, "
+        "fairness, packing, many_clients, client, celery, idle",
     )
     parser.add_argument(
         "--output", type=Path, default=ROOT / "loadtest" / "RESULTS.md", help="results file"
@@ -702,8 +766,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.servers is None:
         args.servers = ["kestrelpy-always", "kestrelpy-periodic"]
         args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
+        if os.path.exists(REDIS_SERVER):
+            args.servers.append("redis-always")  # the issue's durable peer, ref rows only
+        else:
+            _log(
+                f"{REDIS_SERVER} not found: the ref rows run without their Redis "
+                "(appendfsync always) column; `make system-deps` or apt-get install redis-server"
+            )
     plan = scenarios(args.full, args.quick)
     known_servers = [f"kestrelpy-{sync}" for sync in SYNC_CONFIGS] + ["memcached"]
+    known_servers += [f"redis-{persistence}" for persistence in REDIS_PERSISTENCE]
     unknown = [s for s in args.servers if s not in known_servers]
     unknown += [k for k in args.scenarios or () if k not in {s.key for s in plan}]
     if unknown:
