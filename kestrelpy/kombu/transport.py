@@ -126,6 +126,27 @@ class KestrelChannel(virtual.Channel):
 
     # -- writes --------------------------------------------------------------------------
 
+    def basic_publish(
+        self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
+    ) -> Any:
+        """An exchange this process never declared has no type here (kombu would take it
+        for direct). When the servers know it as a fanout parent (it has children: queues
+        bound in other processes, as Celery's ``Broadcast`` queues are), it is one."""
+        if (
+            exchange
+            and exchange not in self.state.exchanges
+            and self._is_fanout_on_servers(exchange)
+        ):
+            self._inplace_augment_message(message, exchange, routing_key)
+            return self._put_fanout(exchange, message, routing_key, **kwargs)
+        return super().basic_publish(message, exchange, routing_key, **kwargs)
+
+    def _is_fanout_on_servers(self, exchange: str) -> bool:
+        key = f"queue_{names.fanout_parent(exchange)}_children"
+        with self._write_lock:
+            every = self._writer.stats()
+        return any(stats.get(key) for stats in every.values())
+
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         self._store(self.kestrel_queue(queue), message)
 
@@ -214,6 +235,7 @@ class KestrelChannel(virtual.Channel):
         child or the direct binding marker exists from its first read (a ``peek`` here)."""
         kind = self.typeof(exchange).type
         if kind == "fanout":
+            self._create(names.fanout_parent(exchange))  # lists its children in stats
             self._create(self.kestrel_queue(queue))
         elif kind == "direct" and exchange:
             # the parent lists its children in stats only once it is a queue itself

@@ -324,6 +324,22 @@ def test_fanout_exchange_copies_to_every_bound_queue(server: ServerProcess) -> N
     assert queue_stat(server, "news", "items") == 0, "the parent's own copy stays"
 
 
+def test_fanout_exchange_bound_only_in_another_process_is_found_on_the_servers(
+    server: ServerProcess,
+) -> None:
+    """As Celery's Broadcast queues: the consumer declares the fanout exchange, the
+    producer only names it."""
+    url = broker_url(server)
+    exchange = Exchange("bcast", type="fanout")
+    with Connection(url) as consumer, Connection(url) as producer:
+        queue = consumer.SimpleQueue(Queue("bcast.w1", exchange))
+        producer.Producer().publish({"x": 2}, exchange="bcast", routing_key="bcast")
+        message = queue.get(timeout=5)
+        assert message.payload == {"x": 2}
+        message.ack()
+        queue.close()
+
+
 def test_unroutable_and_unmappable_are_refused_not_dropped(server: ServerProcess) -> None:
     url = broker_url(server)
     with Connection(url) as conn:
