@@ -66,14 +66,14 @@ class QoS(virtual.QoS):
     def ack(self, delivery_tag: str) -> None:
         self.channel.settle(delivery_tag, requeue=False)
         super().ack(delivery_tag)
-        self.channel.connection.wake()  # after the count drops: a room under prefetch
+        self.channel.wake()  # after the count drops: room under the prefetch limit
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """``requeue``: the item goes back to the head of its queue (``abort``); otherwise
         it is dropped (``close``), as kombu drops a rejected message."""
         self.channel.settle(delivery_tag, requeue=requeue)
         self._quick_ack(delivery_tag)
-        self.channel.connection.wake()
+        self.channel.wake()
 
     def restore_unacked(self) -> list[tuple[BaseException, Any]]:
         """Give every unacknowledged message back to the server (newest first, so the
@@ -378,6 +378,13 @@ class KestrelChannel(virtual.Channel):
             client.disconnect()
             return
         self.holds.idle(client)
+
+    def wake(self) -> None:
+        """Wake the consuming thread's wait; an ack may come from another thread after
+        the channel closed (kombu then has cut it from its transport)."""
+        transport = self.connection
+        if transport is not None:
+            transport.wake()
 
     def prefetch_full(self) -> bool:
         """Consumers wait for acks before reading more."""
