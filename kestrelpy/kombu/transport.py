@@ -11,8 +11,8 @@
   (a Celery worker: its task queue and its remote-control queue) checks each without
   waiting, then waits on one for at most ``polling_interval`` (0.1 s), in turn.
 - Exchanges: see :mod:`kestrelpy.kombu.names` for fanout (kestrelpy fanout queues) and
-  direct (bindings in this process, else the binding markers on the servers). Topic
-  exchanges route only by bindings made in the publishing process; anything else raises.
+  direct (bindings in this process, else the binding markers on the servers). Topic and
+  headers exchanges cannot share their bindings between processes: they raise.
 
 Threads: kombu calls one channel from its consuming thread, except acks and rejects,
 which a prefork Celery worker makes from its pool's result thread; see ``holds``.
@@ -248,13 +248,12 @@ class KestrelChannel(virtual.Channel):
             self._writer.peek(kestrel_queue)
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
-        """``queue_delete`` calls this once per binding: (exchange, routing_key, pattern)."""
-        targets = [self.kestrel_queue(queue)]
+        """``queue_delete`` calls this once per binding, with (exchange, routing_key,
+        pattern, queue): a direct binding's marker goes; the queue itself goes once, in
+        :meth:`queue_delete`."""
         if len(args) >= 2 and args[0] and self.typeof(args[0]).type == "direct":
-            targets.append(names.binding_marker(args[0], args[1], queue))
-        with self._write_lock:
-            for target in targets:
-                self._writer.delete(target)
+            with self._write_lock:
+                self._writer.delete(names.binding_marker(args[0], args[1], queue))
 
     def queue_delete(
         self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
@@ -337,6 +336,8 @@ class KestrelChannel(virtual.Channel):
         neither deliver it nor give it back without reading it again forever."""
         try:
             payload = loads(body)
+            if not isinstance(payload, dict) or not isinstance(payload["properties"], dict):
+                raise TypeError("not a JSON object with properties")
             payload["properties"]["delivery_tag"] = str(uuid.uuid4())
         except (ValueError, TypeError, KeyError) as err:
             dead = kestrel_queue + "_errors"
@@ -349,8 +350,6 @@ class KestrelChannel(virtual.Channel):
             with self._write_lock:
                 self._writer.put(dead, body)
             client.close(kestrel_queue)
-            return None
-        if not isinstance(payload, dict):
             return None
         return payload
 

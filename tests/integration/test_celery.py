@@ -34,7 +34,7 @@ from kestrelpy.kombu.names import BrokerURLError, UnmappableError
 from kestrelpy.kombu.transport import UnroutableError
 from loadtest._servers import free_port
 
-from .conftest import ServerFactory, ServerProcess, subprocess_env, wait_until
+from .conftest import ServerFactory, ServerProcess, drain, subprocess_env, wait_until
 
 HERE = Path(__file__).resolve().parent
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -307,6 +307,26 @@ def test_unacked_messages_go_back_when_the_connection_closes(server: ServerProce
         first.ack()
         second.ack()
         queue.close()
+
+
+def test_an_item_that_is_not_a_kombu_message_moves_to_the_errors_queue(
+    server: ServerProcess,
+) -> None:
+    """Another producer's bytes can be neither delivered nor given back (they would come
+    again forever): they go to ``<queue>_errors`` and the consumer reads on."""
+    with server.connect() as raw:
+        assert raw.set("mixed", b"not json") == b"STORED\r\n"
+        assert raw.set("mixed", b"[1, 2]") == b"STORED\r\n"
+    with Connection(broker_url(server)) as conn:
+        queue = conn.SimpleQueue("mixed")
+        queue.put({"ok": True})
+        message = queue.get(timeout=5)
+        assert message.payload == {"ok": True}
+        message.ack()
+        queue.close()
+    with server.connect() as raw:
+        assert drain(raw, "mixed_errors") == [b"not json", b"[1, 2]"]
+        assert raw.stats()["queue_mixed_open_transactions"] == "0"
 
 
 def test_fanout_exchange_copies_to_every_bound_queue(server: ServerProcess) -> None:
