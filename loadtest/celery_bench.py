@@ -156,8 +156,13 @@ def run_worker(name: str, url: str, queue: str, tasks: int, out: Path) -> Run:
     drain.start()
     try:
         _wait_for_lines(out, tasks, proc)
+    except RuntimeError as err:
+        tail = b"".join(errors[-5:]).decode("utf-8", "replace").strip()
+        raise RuntimeError(f"{name}: {err}: {tail or 'no output'}") from None
     finally:
-        proc.send_signal(signal.SIGTERM)
+        # cold shutdown: the run is measured; a last ack lost with it leaves an item on
+        # this round's queue, which nothing reads again
+        proc.send_signal(signal.SIGQUIT)
         try:
             proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
