@@ -44,8 +44,9 @@ STOP_TIMEOUT_S = 15.0
 QUIET_WORKER = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
-def broker_url(server: ServerProcess) -> str:
-    return f"kestrelpy://{server.host}:{server.port}//"
+def broker_url(*servers: ServerProcess) -> str:
+    """``kestrelpy://h:p//``, or with several servers ``kestrelpy://h1:p1;h2:p2//``."""
+    return "kestrelpy://" + ";".join(f"{s.host}:{s.port}" for s in servers) + "//"
 
 
 class Worker:
@@ -114,8 +115,10 @@ class Workers:
         self.trace_dir = trace_dir
         self.started: list[Worker] = []
 
-    def __call__(self, server: ServerProcess, name: str = "w1", *args: str) -> Worker:
-        worker = Worker(broker_url(server), self.trace_dir, name, *(args or ("-P", "solo")))
+    def __call__(self, server: ServerProcess | str, name: str = "w1", *args: str) -> Worker:
+        """``server``: one server, or a broker URL."""
+        url = server if isinstance(server, str) else broker_url(server)
+        worker = Worker(url, self.trace_dir, name, *(args or ("-P", "solo")))
         self.started.append(worker)
         return worker
 
@@ -142,9 +145,9 @@ def workers(trace_dir: Path) -> Iterator[Workers]:
     started.close()
 
 
-def sender(server: ServerProcess) -> Celery:
-    """The test's own app on ``server``: sends by task name, reads rpc results."""
-    app = Celery("sender", broker=broker_url(server), backend="rpc://")
+def sender(*servers: ServerProcess) -> Celery:
+    """The test's own app on ``servers``: sends by task name, reads rpc results."""
+    app = Celery("sender", broker=broker_url(*servers), backend="rpc://")
     app.conf.broker_connection_retry_on_startup = False
     return app
 
@@ -170,23 +173,27 @@ def queue_stat(server: ServerProcess, queue: str, key: str) -> int:
 # -- Celery workers ---------------------------------------------------------------------------
 
 
-def test_tasks_run_and_return_results_through_a_prefork_worker(
-    server: ServerProcess, workers: Workers, apps: list[Celery]
+def test_tasks_run_on_two_servers_and_return_results_through_a_prefork_worker(
+    server_factory: ServerFactory, workers: Workers, apps: list[Celery]
 ) -> None:
-    """Results come back over the rpc backend; every ack (made by the prefork pool's
-    result thread, out of order) closed its open item: nothing left waiting or open."""
-    worker = workers(server, "w1", "-P", "prefork", "-c", "2")
-    app = sender(server)
+    """Tasks spread over both servers of the URL, the worker drains both, results come
+    back over the rpc backend, and every ack (made by the prefork pool's result thread, in
+    any order) closed its open item: nothing left waiting or open on either server."""
+    servers = [server_factory(), server_factory()]
+    worker = workers(broker_url(*servers), "w1", "-P", "prefork", "-c", "2")
+    app = sender(*servers)
     apps.append(app)
     results = [app.send_task("celeryapp.tasks.add", args=(i, i)) for i in range(20)]
     assert [r.get(timeout=RESULT_TIMEOUT_S) for r in results] == [2 * i for i in range(20)]
-    wait_until(
-        lambda: queue_stat(server, "celery", "open_transactions") == 0,
-        10,
-        "every task's item closed",
-        server,
-    )
-    assert queue_stat(server, "celery", "items") == 0, worker.log()
+    for srv in servers:
+        assert queue_stat(srv, "celery", "total_items") > 0, "a server got no task"
+        wait_until(
+            lambda srv=srv: queue_stat(srv, "celery", "open_transactions") == 0,
+            10,
+            "every task's item closed",
+            srv,
+        )
+        assert queue_stat(srv, "celery", "items") == 0, worker.log()
 
 
 def test_worker_killed_mid_task_gives_it_to_the_next_worker(
