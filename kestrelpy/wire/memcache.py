@@ -24,6 +24,7 @@ _STORAGE_VERBS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
 _INT = re.compile(rb"-?[0-9]{1,19}\Z")
 _GOOD_KEYS_MAX = 256
+_NO_KEYS: frozenset[bytes] = frozenset()  # shared until a connection validates its first key
 # The two requests a queue spends its life on, in their plain form (flags and exptime 0,
 # one key, "\r\n"): matched in one C call each. Anything else takes the general path.
 _KEY = rb"([^\x00-\x20\x7f]{1,250})"
@@ -98,7 +99,24 @@ class MemcacheParser:
 
     ``feed`` returns every request completed by the new bytes. After an ``Invalid`` with
     ``close`` the parser stops: the connection is beyond repair and will be closed.
+
+    Slotted, and what only some connections need (a data block's buffer, the set of keys
+    already validated) is made when first needed: an idle connection costs a few hundred
+    bytes, and a server holds thousands of them.
     """
+
+    __slots__ = (
+        "_bare_errors",
+        "_block",
+        "_buffer",
+        "_good_keys",
+        "_honor_noreply",
+        "_item_size_max",
+        "_max_line",
+        "_pending_set",
+        "bytes_read",
+        "closed",
+    )
 
     def __init__(
         self,
@@ -116,9 +134,10 @@ class MemcacheParser:
         # A data block still arriving is appended to its final buffer as its bytes come:
         # one copy per byte for a MiB-sized item, and the buffer never holds more than
         # the client has sent (a header alone allocates nothing; see ``_fill_block``).
-        self._block = bytearray()
+        # None while no block is arriving.
+        self._block: bytearray | None = None
         self._pending_set: tuple[bytes, list[bytes], int] | None = None  # verb, tokens, size
-        self._good_keys: set[bytes] = set()
+        self._good_keys: set[bytes] | frozenset[bytes] = _NO_KEYS
         self.closed = False
         self.bytes_read = 0
 
@@ -203,10 +222,12 @@ class MemcacheParser:
         return Retrieve(key, with_cas)
 
     def _remember_key(self, key: bytes) -> None:
-        """Keys repeat on a connection: validate each once (a small, bounded set)."""
-        if len(self._good_keys) >= _GOOD_KEYS_MAX:
-            self._good_keys.clear()
-        self._good_keys.add(key)
+        """Keys repeat on a connection: validate each once (a small, bounded set, made at
+        the first key that takes the general path: plain gets and sets never need it)."""
+        keys = self._good_keys
+        if not isinstance(keys, set) or len(keys) >= _GOOD_KEYS_MAX:
+            keys = self._good_keys = set()
+        keys.add(key)
 
     def _start_store(
         self, verb: bytes, tokens: list[bytes], data: bytes, pos: int, requests: list[Request]
@@ -238,6 +259,7 @@ class MemcacheParser:
         assert self._pending_set is not None
         verb, tokens, size = self._pending_set
         block = self._block
+        assert block is not None  # made by _start_store with the pending set
         taken = min(len(data), size + 2 - len(block))
         # Appending, not reserving ``size`` up front: a client that sends only a header
         # (``set q 0 0 16777216``) must not buy item_size_max bytes, or a MiB, per
@@ -247,7 +269,7 @@ class MemcacheParser:
         if len(block) < size + 2:
             return -1
         self._pending_set = None
-        self._block = bytearray()
+        self._block = None
         if block[-2:] != _CRLF:
             self._fail(requests, b"CLIENT_ERROR bad data chunk", close=True)
             return -1
