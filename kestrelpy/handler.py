@@ -40,7 +40,12 @@ from kestrelpy.wire.memcache import (
 if TYPE_CHECKING:
     from kestrelpy.service import ServerContext
 
-_KEY_CACHE_SIZE = 64
+_GET_KEYS_MAX = 1024
+# The options of recently seen get keys, shared by every session: ``parse_get_key`` is a
+# pure function of the key, and a per-session cache cost each idle connection a dict, its
+# key and a GetOptions (about 300 bytes) for the one key it blocks on. Bounded: a client
+# that sends ever new keys clears it, which costs others a re-parse, never memory.
+_get_keys: dict[bytes, GetOptions] = {}
 Resume = Callable[[list[Any], int], None]  # (reply parts, DONE or BLOCKED)
 
 
@@ -55,7 +60,6 @@ class Session:
         "_clock",
         "_collection",
         "_ctx",
-        "_key_cache",
         "_resume",
         "_settings",
         "_stats",
@@ -74,7 +78,6 @@ class Session:
         self._clock = ctx.clock
         self._status = ctx.status_keeper  # read on every get and set: no property between
         self._resume = resume  # a blocked read's replies, when it ends or a monitor item
-        self._key_cache: dict[bytes, GetOptions] = {}
         self.open_reads = OpenReads(ctx.clock)
         self._wait = BlockedRead(ctx.deadlines, self)
         self.closed = False
@@ -137,16 +140,16 @@ class Session:
         return DONE
 
     def _retrieve(self, request: Retrieve, out: list[Any]) -> int:
-        options = self._key_cache.get(request.key)
+        options = _get_keys.get(request.key)
         if options is None:
             try:
                 options = parse_get_key(request.key)
             except ProtocolError as err:
                 out.append(self._error(err.reply[:-2]))
                 return CLOSE
-            if len(self._key_cache) >= _KEY_CACHE_SIZE:
-                self._key_cache.clear()
-            self._key_cache[request.key] = options
+            if len(_get_keys) >= _GET_KEYS_MAX:
+                _get_keys.clear()
+            _get_keys[request.key] = options
         name = options.queue
         if options.peek:
             self._stats.cmd_peek += 1

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import DEFAULT_CONFIG, Harness
 
+from kestrelpy import handler
 from kestrelpy.handler import Session
 from kestrelpy.replies import (
     BLOCKED,
@@ -90,6 +91,19 @@ def test_blocked_get_resumes_with_the_item(kp: MakeHarness) -> None:
     assert d.resumed == [([b"VALUE q/t=250/open 0 1 0\r\nx\r\nEND\r\n"], DONE)]
     h.clock.advance(1)
     assert len(d.resumed) == 1
+
+
+def test_get_key_options_are_shared_between_sessions_and_bounded(kp: MakeHarness) -> None:
+    """Parsed get options live in one server-wide cache, not one per connection (idle
+    readers are many); a client sending ever new keys cannot grow it past its bound."""
+    h = kp()
+    first, second = Driver(h), Driver(h)
+    first.run(b"get q/open\r\n")
+    assert second.run(b"get q/open\r\n") == ([DONE], [END])
+    assert handler._get_keys[b"q/open"].open  # one entry for both sessions
+    for n in range(handler._GET_KEYS_MAX + 10):  # unknown options are ignored
+        assert first.run(b"get q/peek/x%d\r\n" % n) == ([DONE], [END])
+    assert len(handler._get_keys) <= handler._GET_KEYS_MAX
 
 
 def test_removals_are_durable_replies(kp: MakeHarness) -> None:
