@@ -12,7 +12,7 @@ queues live in :mod:`kestrelpy.commands`. It never touches the store or the sock
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 
@@ -46,11 +46,30 @@ _GET_KEYS_MAX = 1024
 # key and a GetOptions (about 300 bytes) for the one key it blocks on. Bounded: a client
 # that sends ever new keys clears it, which costs others a re-parse, never memory.
 _get_keys: dict[bytes, GetOptions] = {}
-Resume = Callable[[list[Any], int], None]  # (reply parts, DONE or BLOCKED)
 
 
-def _released(replies: list[Any], code: int) -> None:
-    """``resume`` of a released session: its connection is gone, replies go nowhere."""
+class ReadResumer(Protocol):
+    """Who is sent what a blocked read produces after its request ran: the connection.
+
+    An object rather than a callback: a bound method is 64 more bytes on every
+    connection, and idle readers are many.
+    """
+
+    def resume(self, replies: list[Any], code: int) -> None:
+        """``replies`` of the blocked read; ``code`` DONE if it ended, BLOCKED if it goes
+        on (a monitor that sent an item)."""
+
+
+class _Released:
+    """The resumer of a released session: its connection is gone, replies go nowhere."""
+
+    __slots__ = ()
+
+    def resume(self, replies: list[Any], code: int) -> None:
+        pass
+
+
+_RELEASED = _Released()
 
 
 class Session:
@@ -60,25 +79,25 @@ class Session:
         "_clock",
         "_collection",
         "_ctx",
-        "_resume",
+        "_open_reads",
+        "_resumer",
         "_settings",
         "_stats",
         "_status",
         "_wait",
         "closed",
-        "open_reads",
     )
     _log = Logger()
 
-    def __init__(self, ctx: ServerContext, resume: Resume) -> None:
+    def __init__(self, ctx: ServerContext, resumer: ReadResumer) -> None:
         self._ctx = ctx
         self._collection = ctx.collection
         self._stats = ctx.stats
         self._settings = ctx.settings
         self._clock = ctx.clock
         self._status = ctx.status_keeper  # read on every get and set: no property between
-        self._resume = resume  # a blocked read's replies, when it ends or a monitor item
-        self.open_reads = OpenReads(ctx.clock)
+        self._resumer = resumer  # a blocked read's replies, when it ends or a monitor item
+        self._open_reads: OpenReads | None = None  # made at the first open read
         self._wait = BlockedRead(ctx.deadlines, self)
         self.closed = False
 
@@ -101,17 +120,18 @@ class Session:
             return
         self.closed = True
         self._wait.end()
-        self.open_reads.abort_all()
+        if self._open_reads is not None:
+            self._open_reads.abort_all()
 
     def release(self) -> None:
         """The connection is gone for good: :meth:`end`, then drop the references that
-        close cycles (``resume`` refers to the connection, which refers to this session;
+        close cycles (the resumer is the connection, which refers to this session;
         the blocked read refers back to this session), so that refcounting frees a closed
         connection at once instead of at the next full collection: a burst of closed
         connections otherwise lingers and ratchets the heap. Nothing runs on the session
         afterwards."""
         self.end()
-        self._resume = _released
+        self._resumer = _RELEASED
         del self._wait
 
     def _store(self, request: Store, out: list[Any]) -> int:
@@ -159,11 +179,13 @@ class Session:
             out.append(END)
             return DONE
         if options.abort:
-            self.open_reads.abort_oldest(name)
+            if self._open_reads is not None:
+                self._open_reads.abort_oldest(name)
             out.append(END)
             return DONE
         if options.close:
-            self.open_reads.close_oldest(name)
+            if self._open_reads is not None:
+                self._open_reads.close_oldest(name)
             if not options.open:
                 out.append(END)
                 return DONE
@@ -189,7 +211,7 @@ class Session:
         except TooManyQueuesError as err:
             out.append(self._error(err.wire_line))
             return DONE
-        held = self.open_reads.count(options.queue)
+        held = self._held(options.queue)
         now = now_ms(self._clock)
         if options.peek:
             item, mode = queue.peek(now), PEEK
@@ -220,13 +242,21 @@ class Session:
         out.append(END)
         return DONE
 
+    def _held(self, name: str) -> int:
+        """Items this session holds open on queue ``name`` (asked on every get)."""
+        reads = self._open_reads
+        return 0 if reads is None else reads.count(name)
+
     def _found(
         self, queue: Queue, item: Item, mode: int, key: bytes, with_cas: bool, out: list[Any]
     ) -> None:
         self._stats.get_hits += 1
         queue.get_hits += 1
         if mode == OPEN:
-            self.open_reads.add(queue, item)
+            reads = self._open_reads
+            if reads is None:
+                reads = self._open_reads = OpenReads(self._clock)
+            reads.add(queue, item)
         settings = self._settings
         echo = key if settings.echo_requested_key else queue.name.encode("latin-1")
         flags = item.flags if settings.preserve_flags else 0
@@ -246,17 +276,17 @@ class Session:
         wait.end()
         out: list[Any] = []
         self._found(queue, item, waiter.mode, key, with_cas, out)
-        self._resume(out, DONE)
+        self._resumer.resume(out, DONE)
 
     def read_timed_out(self, queue: Queue, was_monitor: bool) -> None:
         """The blocked read's time ran out: it ends with END."""
         if not was_monitor:  # a monitor batch just ends; its items stay open
             self._count_miss(queue)
-        self._resume([END], DONE)
+        self._resumer.resume([END], DONE)
 
     def read_queue_deleted(self) -> None:
         """The queue this session waits on was deleted: the read ends empty."""
-        self._resume([END], DONE)
+        self._resumer.resume([END], DONE)
 
     def _monitor(self, request: Command, out: list[Any]) -> int:
         """``monitor q secs [max]``: open up to ``max`` items within ``secs`` seconds.
@@ -281,7 +311,7 @@ class Session:
             out.append(self._error(err.wire_line))
             return DONE
         most = self._settings.max_open_transactions
-        room = min(most if limit is None else limit, most - self.open_reads.count(name))
+        room = min(most if limit is None else limit, most - self._held(name))
         now = now_ms(self._clock)
         while room > 0:
             try:
@@ -309,11 +339,11 @@ class Session:
         wait.monitor_left -= 1
         if wait.monitor_left > 0:
             wait.wait_again(OPEN, self._monitor_delivered)
-            self._resume(replies, BLOCKED)
+            self._resumer.resume(replies, BLOCKED)
             return
         wait.end()
         replies.append(END)
-        self._resume(replies, DONE)
+        self._resumer.resume(replies, DONE)
 
     def _confirm(self, request: Command, out: list[Any]) -> int:
         """``confirm q n``: close the ``n`` oldest open items; ERROR if fewer are open."""
@@ -324,7 +354,8 @@ class Session:
         if not args[1].isdigit():
             out.append(self._error(b"CLIENT_ERROR bad count"))
             return CLOSE
-        confirmed = self.open_reads.confirm(args[0].decode("latin-1"), int(args[1]))
+        reads = self._open_reads
+        confirmed = reads is not None and reads.confirm(args[0].decode("latin-1"), int(args[1]))
         out.append(END if confirmed else self._error(b"ERROR"))
         return DONE
 

@@ -93,9 +93,11 @@ class MemcacheConnection(TwistedProtocol):
             honor_noreply=settings.honor_noreply,
             bare_errors=settings.bare_error_lines,
         )
-        self._session = Session(ctx, self._resumed)
+        self._session = Session(ctx, self)  # an object, not a bound method: readers are many
         self._output = CommitGatedOutput(commits, self)
-        self._backlog: list[Request] = []  # not a deque: idle connections are many
+        # Requests queued behind a blocked read or a stop; None while there are none (a
+        # list is made for the first, and dropped when drained: idle connections are many).
+        self._backlog: list[Request] | None = None
         self.state = RUNNING
         self._paused_by = 0  # BACKLOG | OUTPUT | HELD
         self._idle_timer: Any = None  # IDelayedCall when client_timeout is set
@@ -122,10 +124,8 @@ class MemcacheConnection(TwistedProtocol):
         self._ctx.stats.bytes_read += len(data)
         requests = self._parser.feed(data)
         if self.state is not RUNNING or self._backlog or self._paused_by & _STOPPED:
-            if self.state is not CLOSING:
-                self._backlog.extend(requests)
-                if len(self._backlog) > _PAUSE_BACKLOG:
-                    self._pause_reading(BACKLOG)
+            if self.state is not CLOSING and self._hold_back(requests) > _PAUSE_BACKLOG:
+                self._pause_reading(BACKLOG)
             return
         self._run(requests)
 
@@ -171,16 +171,16 @@ class MemcacheConnection(TwistedProtocol):
                     output.after_write()  # before anything is sent: its reply waits
                 elif code == BLOCKED:
                     self.state = WAITING
-                    self._backlog.extend(pending)
+                    self._hold_back(pending)
                     break
                 elif code == CLOSE:
                     self.state = CLOSING
-                    self._backlog.clear()
+                    self._backlog = None
                     break
                 elif code == STREAM:
                     self._report = out.pop()
                     self.state = WAITING
-                    self._backlog.extend(pending)
+                    self._hold_back(pending)
                     self._next_report_piece()
                     break
             countdown -= 1
@@ -194,16 +194,29 @@ class MemcacheConnection(TwistedProtocol):
                     output.send_ready()
                     size = counted = 0
                     if self._paused_by & OUTPUT:
-                        self._backlog.extend(pending)
+                        self._hold_back(pending)
                         break
                 elif size > bound:
                     self._pause_reading(HELD)  # until output_drained
-                    self._backlog.extend(pending)
+                    self._hold_back(pending)
                     break
         output.size = size
         output.settle()
 
-    def _resumed(self, replies: list[Any], code: int) -> None:
+    def _hold_back(self, requests: Iterable[Request]) -> int:
+        """Queue ``requests`` to run later, after those already queued; returns how many
+        are queued. The backlog list is made only when there is something to queue."""
+        backlog = self._backlog
+        if backlog is None:
+            backlog = list(requests)
+            if not backlog:
+                return 0
+            self._backlog = backlog
+        else:
+            backlog.extend(requests)
+        return len(backlog)
+
+    def resume(self, replies: list[Any], code: int) -> None:
         """A blocked read sent something; ``code`` DONE means it ended (item, timeout or
         queue deleted) and the pipeline continues, BLOCKED that it goes on (monitor)."""
         if code != BLOCKED and self.state is WAITING:
@@ -217,8 +230,8 @@ class MemcacheConnection(TwistedProtocol):
         if self.state is not RUNNING or self._paused_by & _STOPPED:
             return
         backlog = self._backlog
-        self._backlog = []
-        self._run(backlog)
+        self._backlog = None
+        self._run(backlog or ())
         if self._paused_by == BACKLOG and self.state is not WAITING:
             self._resume_reading(BACKLOG)
 

@@ -39,8 +39,11 @@ class Driver:
     def __init__(self, h: Harness) -> None:
         self.h = h
         self.resumed: list[tuple[list[Any], int]] = []
-        self.session = Session(h.ctx, lambda out, code: self.resumed.append((out, code)))
+        self.session = Session(h.ctx, self)
         self.parser = MemcacheParser()
+
+    def resume(self, replies: list[Any], code: int) -> None:
+        self.resumed.append((replies, code))
 
     def run(self, raw: bytes) -> tuple[list[int], list[Any]]:
         out: list[Any] = []
