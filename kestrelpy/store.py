@@ -17,7 +17,7 @@ from kestrelpy.commits.scheduler import CommitScheduler
 from kestrelpy.commits.stats import CommitStats
 from kestrelpy.config import SyncPolicy
 from kestrelpy.payload import LARGE_ITEM, Payload
-from kestrelpy.storage.layout import QUEUE_RECORD, U32, item_header, item_key
+from kestrelpy.storage.layout import QUEUE_RECORD, U32, item_checksum, item_fields, item_key
 from kestrelpy.storage.lmdb_store import LmdbStorage, QueueRecord, StoredItem
 
 
@@ -83,8 +83,9 @@ class Store:
         scheduler = self._scheduler
         batch = self._lanes.pending if size < LARGE_ITEM else scheduler.large_batch(size)
         # layout.encode_item, inline: this is the hot path of every set.
-        header = item_header(flags, expiry_ms, added_ms, crc32(data))
-        batch.puts[item_key(queue_id, item_id)] = header + data
+        fields = item_fields(flags, expiry_ms, added_ms)
+        checksum = item_checksum(crc32(data, crc32(fields)))
+        batch.puts[item_key(queue_id, item_id)] = b"".join((fields, checksum, data))
         if not scheduler.commit_scheduled:
             scheduler.schedule_commit()
 

@@ -103,7 +103,10 @@ class Queue(QueueCounters):
         while self.items and (
             self.items + 1 > config.max_items or self.bytes + size > config.max_size
         ):
-            item = self._pop_head(now_ms)
+            try:
+                item = self._pop_head(now_ms)
+            except CorruptItemError:
+                continue  # dropped and counted already, which makes room too
             if item is None:
                 break
             self._consume(item)

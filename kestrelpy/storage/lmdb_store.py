@@ -32,6 +32,7 @@ from kestrelpy.storage.layout import (
     FORMAT,
     FORMAT_KEY,
     HEADER_SIZE,
+    HEADER_V1,
     ITEM_KEY,
     MAX_ID,
     NEXT_QID_KEY,
@@ -136,17 +137,21 @@ class LmdbStorage:
         self._path = path
         self._sync = sync
         self._env, self._file_bytes = _open_env(path, sync=(sync == "always"))
+        self._env_lock = threading.Lock()  # map resizes vs. reactor-thread read transactions
+        self._unsynced = threading.Event()  # committed since the last sync ("periodic")
         try:
+            self._refuse_foreign_store()
             self._items_db = self._env.open_db(b"items")
             self._queues_db = self._env.open_db(b"queues")
             self._meta_db = self._env.open_db(b"meta")
-            _upgrade_format(self._env, self._items_db, self._meta_db)
+            self._upgrade_format()
             self._counters: dict[int, tuple[int, int]] = self._read_counters()
         except lmdb.Error as err:
             self._env.close()
             raise _damaged(path, err, "serve") from err
-        self._env_lock = threading.Lock()  # map resizes vs. reactor-thread read transactions
-        self._unsynced = threading.Event()  # committed since the last sync ("periodic")
+        except BaseException:
+            self._env.close()
+            raise
 
     # ---------------------------------------------------------------------- reads
 
@@ -315,6 +320,78 @@ class LmdbStorage:
             self._env.sync(True)
         self._env.close()
 
+    def _refuse_foreign_store(self) -> None:
+        """An LMDB directory with items but no queue registry is someone else's (a router's
+        shared queues, say): refuse it before creating anything in it."""
+        try:
+            self._env.open_db(b"items", create=False)
+        except lmdb.NotFoundError:
+            return  # a new store, or one without items yet
+        try:
+            self._env.open_db(b"queues", create=False)
+        except lmdb.NotFoundError:
+            raise StoreError(
+                f"{self._path}: not a kestrelpy server store (it has items but no queues); "
+                "give the server a directory of its own"
+            ) from None
+
+    def _upgrade_format(self) -> None:
+        """Bring a store written before the per-item checksum (format 1) to the current
+        format, in place.
+
+        The items are rewritten in key order, a chunk per transaction (at most
+        ``_UPGRADE_CHUNK`` items and ``_UPGRADE_CHUNK_BYTES`` of values: every rewritten
+        value takes new pages until its transaction commits, and the map grows as for any
+        commit). Until the last chunk commits with the format key, ``FORMAT_KEY`` holds
+        ``1:`` and the key up to which values are upgraded, so a crash midway resumes
+        where it stopped instead of rewriting (and checksumming twice) what is done. A new
+        store just gets the format key; an LMDB directory that holds items but is not a
+        server store (a router's shared queues, say) is refused, never rewritten.
+        """
+        env, items_db, meta_db = self._env, self._items_db, self._meta_db
+        with env.begin() as txn:
+            current = txn.get(FORMAT_KEY, db=meta_db)
+            items = txn.cursor(db=items_db)
+            first_key = bytes(items.key()) if items.first() else b""
+            has_queues = txn.cursor(db=self._queues_db).first()
+        if current == FORMAT:
+            return
+        if current is not None and not current.startswith(b"1:"):
+            raise StoreError(
+                f"{self._path}: store format {bytes(current).decode('latin-1')!r} is not one "
+                f"this kestrelpy reads (it writes {FORMAT.decode()}); run the kestrelpy that "
+                "wrote it (stores are not downgraded)"
+            )
+        if current is None and not first_key:
+            with env.begin(write=True) as txn:
+                txn.put(FORMAT_KEY, FORMAT, db=meta_db)
+            return
+        if current is None and (not has_queues or len(first_key) != ITEM_KEY.size):
+            raise StoreError(
+                f"{self._path}: not a kestrelpy server store (no queue holds its items)"
+            )
+        done_to: bytes | None = bytes(current[2:]) if current is not None else b""
+        while done_to is not None:
+            done_to = self._upgrade_chunk(done_to)
+
+    def _upgrade_chunk(self, done_to: bytes) -> bytes | None:
+        """Rewrite the next chunk of format 1 values after ``done_to`` (b"": from the
+        first); returns the last key done, or None when the store is upgraded."""
+        for _attempt in range(_MAP_GROWTHS):
+            try:
+                with self._env.begin(write=True) as txn:
+                    return _rewrite_chunk(txn, self._items_db, self._meta_db, done_to)
+            except DamagedStoreError as err:
+                raise _damaged(self._path, err, "serve") from err
+            except lmdb.MapFullError:
+                try:
+                    self._grow_map()
+                except OSError as err:
+                    raise StoreFullError(
+                        f"{self._path}: no room to upgrade the store format: {err.strerror}"
+                    ) from err
+        raise StoreFullError(f"{self._path}: the store map cannot grow to upgrade its format")
+
     def _grow_map(self) -> None:
         """Double the map (at most +1 GiB), reserving the disk blocks first.
 
@@ -449,47 +526,31 @@ def _open_env(path: Path, *, sync: bool) -> tuple[Any, int]:
 
 
 _UPGRADE_CHUNK = 10_000  # items rewritten per transaction when upgrading the format
+_UPGRADE_CHUNK_BYTES = 16 * 1024 * 1024  # and at most this much of their values
 
 
-def _upgrade_format(env: Any, items_db: Any, meta_db: Any) -> None:
-    """Bring a store written before the per-item checksum (format 1) to the current format.
-
-    The items are rewritten in key order, a chunk per transaction; until the last chunk
-    commits with the format key, ``FORMAT_KEY`` holds ``1:`` and the key up to which values
-    are upgraded, so a crash midway resumes where it stopped instead of rewriting (and
-    checksumming twice) what is already done. A new store just gets the format key.
-    """
-    with env.begin() as txn:
-        current = txn.get(FORMAT_KEY, db=meta_db)
-        has_items = txn.cursor(db=items_db).first()
-    if current == FORMAT:
-        return
-    if current is not None and not current.startswith(b"1:"):
-        raise StoreError(
-            f"store format {bytes(current).decode('latin-1')!r} is not one this kestrelpy "
-            f"reads (it writes {FORMAT.decode()}): run the kestrelpy that wrote it"
-        )
-    if current is None and not has_items:
-        with env.begin(write=True) as txn:
-            txn.put(FORMAT_KEY, FORMAT, db=meta_db)
-        return
-    done_to = bytes(current[2:]) if current is not None else b""
-    while True:
-        with env.begin(write=True) as txn:
-            cursor = txn.cursor(db=items_db)
-            positioned = cursor.set_range(done_to) if done_to else cursor.first()
-            if positioned and done_to and cursor.key() == done_to:
-                positioned = cursor.next()
-            rewritten = 0
-            while positioned and rewritten < _UPGRADE_CHUNK:
-                done_to = bytes(cursor.key())
-                cursor.put(done_to, upgrade_value(cursor.value()))
-                rewritten += 1
-                positioned = cursor.next()
-            finished = not positioned
-            txn.put(FORMAT_KEY, FORMAT if finished else b"1:" + done_to, db=meta_db)
-        if finished:
-            return
+def _rewrite_chunk(txn: Any, items_db: Any, meta_db: Any, done_to: bytes) -> bytes | None:
+    """One transaction of the format upgrade (see ``LmdbStorage._upgrade_format``)."""
+    cursor = txn.cursor(db=items_db)
+    positioned = cursor.set_range(done_to) if done_to else cursor.first()
+    if positioned and done_to and cursor.key() == done_to:
+        positioned = cursor.next()
+    rewritten = size = 0
+    last = done_to
+    while positioned and rewritten < _UPGRADE_CHUNK and size < _UPGRADE_CHUNK_BYTES:
+        last = bytes(cursor.key())
+        value = cursor.value()
+        if len(value) < HEADER_V1.size:
+            raise DamagedStoreError(f"item value of {len(value)} bytes under key {last.hex()}")
+        cursor.put(last, upgrade_value(value))
+        rewritten += 1
+        size += len(value)
+        positioned = cursor.next()
+    if not positioned:
+        txn.put(FORMAT_KEY, FORMAT, db=meta_db)
+        return None
+    txn.put(FORMAT_KEY, b"1:" + last, db=meta_db)
+    return last
 
 
 def _check_length(env: Any, path: Path, file_bytes: int, command: str) -> None:

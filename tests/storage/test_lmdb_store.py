@@ -40,6 +40,7 @@ from kestrelpy.storage.layout import (
     upgrade_value,
 )
 from kestrelpy.storage.lmdb_store import LmdbStorage, QueueRecord, StoredItem, inspect_store
+from kestrelpy.storage.shared_queues import SharedQueues
 from kestrelpy.store import Store
 
 
@@ -673,7 +674,7 @@ def test_a_full_map_that_cannot_grow_refuses_puts_but_commits_removals(tmp_path,
 def as_format_1(path: Path) -> int:
     """Rewrite a closed store as format 1 (values without checksum, no format key), the
     way stores were written before checksums; returns how many items it holds."""
-    env = lmdb.open(str(path), max_dbs=4)
+    env = lmdb.open(str(path), max_dbs=4, map_size=1 << 30)
     try:
         items_db, meta_db = env.open_db(b"items"), env.open_db(b"meta")
         with env.begin(write=True) as txn:
@@ -753,9 +754,11 @@ def test_a_store_of_an_unknown_format_is_refused(tmp_path: Path, clock: ThreadCl
         Store(tmp_path / "db", clock, sync="never")
 
 
+@pytest.mark.parametrize("flipped", [-1, 3, 11, 20], ids=["payload", "flags", "expiry", "crc"])
 def test_read_items_returns_the_sound_items_before_a_corrupt_one(
-    open_store: Callable[..., Store], clock: ThreadClock, tmp_path: Path
+    open_store: Callable[..., Store], clock: ThreadClock, tmp_path: Path, flipped: int
 ) -> None:
+    """A flipped bit anywhere in a value (payload, header fields, the checksum itself)."""
     store = open_store()
     qid = committed_queue(store, clock, range(6))
     store.close()
@@ -764,7 +767,7 @@ def test_read_items_returns_the_sound_items_before_a_corrupt_one(
         items_db = env.open_db(b"items", txn=txn)
         key = ITEM_KEY.pack(qid, 3)
         value = bytearray(txn.get(key, db=items_db))
-        value[-1] ^= 0x01
+        value[flipped] ^= 0x01
         txn.put(key, bytes(value), db=items_db)
     env.close()
     store = open_store()
@@ -773,3 +776,40 @@ def test_read_items_returns_the_sound_items_before_a_corrupt_one(
         store.read_items(qid, 3, 6, 100, 1 << 20)
     assert (caught.value.item_id, caught.value.payload_size) == (3, 4)
     assert ids_of(store.read_items(qid, 4, 6, 100, 1 << 20)) == [4, 5]
+
+
+def test_a_format_1_store_of_large_items_is_upgraded_as_the_map_grows(
+    tmp_path: Path, clock: ThreadClock
+) -> None:
+    """Rewritten values take new pages until their transaction commits: 15 MB of them do
+    not fit the map at once; the upgrade grows it (a review found MDB_MAP_FULL reported as
+    a damaged store)."""
+    store = Store(tmp_path / "db", clock, sync="never")
+    qid = store.create_queue("big", 0)
+    for item_id in range(100):
+        store.put(qid, item_id, 0, 0, 7, bytes([item_id]) * 150_000)
+    clock.advance(0)
+    store.close()
+    as_format_1(tmp_path / "db")
+    store = Store(tmp_path / "db", clock, sync="never")
+    try:
+        items = store.read_items(qid, 0, 100, 100, 1 << 30)
+        assert [i.data for i in items] == [bytes([n]) * 150_000 for n in range(100)]
+    finally:
+        store.close()
+
+
+def test_a_directory_of_router_queues_is_refused_not_rewritten(
+    tmp_path: Path, clock: ThreadClock
+) -> None:
+    shared = SharedQueues(tmp_path / "db", lease_ms=60_000)
+    shared.put("work", [b'{"task": "send-invoice", "id": 12345}'])
+    shared.close()
+    with pytest.raises(StoreError, match="not a kestrelpy server store"):
+        Store(tmp_path / "db", clock, sync="never")
+    shared = SharedQueues(tmp_path / "db", lease_ms=60_000)
+    try:
+        taken = shared.take("work")
+        assert taken is not None and taken.data == b'{"task": "send-invoice", "id": 12345}'
+    finally:
+        shared.close()
