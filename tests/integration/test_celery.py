@@ -67,6 +67,7 @@ class Worker:
             start_new_session=True,  # its own process group: kill -9 takes the pool too
         )
         self.lines: list[str] = []
+        self._terminated = False
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -94,8 +95,11 @@ class Worker:
         self._reader.join(STOP_TIMEOUT_S)
 
     def terminate(self) -> None:
-        """Ask for a warm shutdown (SIGTERM to the main process, which stops its pool)."""
-        if self.proc.poll() is None:
+        """Ask for a warm shutdown (SIGTERM to the main process, which stops its pool).
+        Once only: Celery restores the default handler while it shuts down, so a second
+        SIGTERM would kill it (-15)."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
