@@ -209,14 +209,18 @@ def stats(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out
 def dump_stats(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     now = now_ms(ctx.clock)
     names = _names(ctx, request)
-    blocks = _queue_blocks(names, lambda n: dump_stats_lines(ctx.collection, n, now))
+    blocks = _queue_blocks(
+        ctx, request, names, lambda name: dump_stats_lines(ctx.collection, name, now)
+    )
     return _answer(out, blocks, len(names))
 
 
 def dump_config(ctx: ServerContext, settings: ServerConfig, request: Command, out: Out) -> int:
     config = ctx.collection.config
     names = _names(ctx, request)
-    blocks = _queue_blocks(names, lambda n: dump_config_lines(config.queue_config(n)))
+    blocks = _queue_blocks(
+        ctx, request, names, lambda name: dump_config_lines(config.queue_config(name))
+    )
     return _answer(out, blocks, len(names))
 
 
@@ -234,12 +238,19 @@ def _names(ctx: ServerContext, request: Command) -> list[str]:
     return [a.decode("latin-1") for a in request.args] or ctx.collection.names()
 
 
-def _queue_blocks(names: list[str], body: Callable[[str], Iterable[str]]) -> Iterator[bytes]:
+def _queue_blocks(
+    ctx: ServerContext, request: Command, names: list[str], body: Callable[[str], Iterable[str]]
+) -> Iterator[bytes]:
     """``queue 'name' {`` … ``}`` for each queue in ``names``, then END, in pieces of
-    :data:`REPORT_PIECE_QUEUES` queues."""
+    :data:`REPORT_PIECE_QUEUES` queues. Without names in the request every queue is
+    reported, less those deleted while the report streams."""
+    collection = ctx.collection
+    every_queue = not request.args
     for start in range(0, len(names), REPORT_PIECE_QUEUES):
         lines: list[str] = []
         for name in names[start : start + REPORT_PIECE_QUEUES]:
+            if every_queue and collection.get(name) is None:
+                continue
             lines.append(f"queue '{name}' {{")
             lines.extend(f"  {line}" for line in body(name))
             lines.append("}")

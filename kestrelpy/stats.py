@@ -100,15 +100,16 @@ def queue_pairs_in_pieces(
 
     The pieces may be read across reactor turns while clients change the queues: each
     queue's lines are read when its piece is built, and a queue deleted before then is
-    left out rather than reported from its stale object.
+    left out.
     """
-    queues = collection.queues()
-    for start in range(0, len(queues), queues_per_piece):
+    names = collection.names()  # names, not queues: a paused report pins no queue
+    for start in range(0, len(names), queues_per_piece):
         piece: StatPairs = []
-        for queue in queues[start : start + queues_per_piece]:
-            if collection.get(queue.name) is not queue:
-                continue  # deleted (or deleted and made again) since the report began
-            prefix = f"queue_{queue.name}_"
+        for name in names[start : start + queues_per_piece]:
+            queue = collection.get(name)
+            if queue is None:
+                continue  # deleted since the report began
+            prefix = f"queue_{name}_"
             piece.extend(
                 (prefix + key, value) for key, value in queue_report(collection, queue, now_ms)
             )

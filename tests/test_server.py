@@ -1277,3 +1277,16 @@ def test_a_connection_lost_while_a_report_streams_ends_it(kp: MakeHarness) -> No
     h.run_until_idle()
     assert conn.take() == b""
     assert h.connect().ask(b"version\r\n") == VERSION
+
+
+def test_a_queue_deleted_while_dump_stats_streams_is_left_out(kp: MakeHarness) -> None:
+    h = kp()
+    names = make_queues(h, 2 * REPORT_PIECE_QUEUES)
+    conn = h.connect()
+    conn.send(b"dump_stats\r\n")
+    one_turn(h.clock)
+    h.connect().ask(b"delete " + names[-1] + b"\r\n")
+    h.run_until_idle()
+    report = conn.take()
+    assert b"queue '%b' {" % names[-2] in report
+    assert b"queue '%b' {" % names[-1] not in report
