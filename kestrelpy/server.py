@@ -40,10 +40,11 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProducer
 from twisted.internet.protocol import Factory
-from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from kestrelpy.commits import CommitGate
 from kestrelpy.handler import Session
@@ -75,15 +76,36 @@ class State(Enum):
 RUNNING, WAITING, CLOSING, GONE = State.RUNNING, State.WAITING, State.CLOSING, State.GONE
 
 
-class MemcacheConnection(TwistedProtocol):
-    """One client connection. Reactor thread only."""
+@implementer(IProtocol, IPushProducer, ILoggingContext)
+class MemcacheConnection:
+    """One client connection. Reactor thread only.
 
+    It provides Twisted's ``IProtocol`` itself rather than subclass ``Protocol``, which
+    has no ``__slots__``: slotted, a connection has no instance dict (idle readers are
+    many: about 40 B each).
+    """
+
+    __slots__ = (
+        "__weakref__",  # as Twisted's protocols have (tests watch a connection get freed)
+        "_backlog",
+        "_ctx",
+        "_idle_timer",
+        "_output",
+        "_parser",
+        "_paused_by",
+        "_report",
+        "_report_turn",
+        "_session",
+        "_trimmer",
+        "state",
+        "transport",
+    )
     _log = Logger()
-    transport: Any  # a TCP transport: write, loseConnection, pause/resumeProducing
 
     def __init__(
         self, ctx: ServerContext, commits: CommitGate, trimmer: HeapTrimmer | None = None
     ) -> None:
+        self.transport: Any = None  # a TCP transport once made: write, loseConnection, ...
         self._ctx = ctx
         self._trimmer = trimmer
         settings = ctx.settings
@@ -105,6 +127,15 @@ class MemcacheConnection(TwistedProtocol):
         self._report_turn: Any = None  # IDelayedCall of its next piece, while one is due
 
     # ------------------------------------------------------------------ Twisted events
+
+    def makeConnection(self, transport: Any) -> None:
+        """The transport is ready (as Twisted's ``BaseProtocol.makeConnection``)."""
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        """How Twisted names this connection in log lines (as ``Protocol`` does)."""
+        return self.__class__.__name__
 
     def connectionMade(self) -> None:
         self._start_idle_timer()
@@ -350,7 +381,9 @@ class MemcacheFactory(Factory):
         self._commits = commits
         self.trimmer = HeapTrimmer(ctx.clock)  # returns the heap after bursts of clients
 
-    def buildProtocol(self, addr: Any) -> MemcacheConnection:
+    # Twisted types its protocols as ones that keep a ``factory`` attribute, which a
+    # slotted connection does not need (this factory sets none).
+    def buildProtocol(self, addr: Any) -> MemcacheConnection:  # type: ignore[override]
         return MemcacheConnection(self._ctx, self._commits, self.trimmer)
 
     def stopFactory(self) -> None:
