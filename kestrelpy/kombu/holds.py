@@ -6,16 +6,16 @@ by delivery tag, in any order (a prefork worker finishes tasks out of order). So
 delivered, unacknowledged message sits alone on its own connection (one bundled
 :class:`~kestrelpy.client.Client`): an ack is ``close`` on that connection, a requeue is
 ``abort`` on it, and whatever kills the process kills the connections, so the server puts
-every unacknowledged message back. The server's ``max_open_transactions`` (default 1) is
-therefore never reached, whatever the prefetch count; the prefetch count bounds instead how
-many connections a consumer holds.
+every unacknowledged message back. No connection holds more than one item, so the server's
+``max_open_transactions`` (default 1) is never in the way, whatever the prefetch count; the
+prefetch count bounds instead how many connections a consumer holds.
 
 An ack or requeue goes out at once, from whichever thread makes it (a prefork Celery
 worker acks from its pool's result thread), on the holding connection, which nothing
 else uses: it never waits behind the consuming thread's blocking read. The client then
 goes back to an idle stack and reads a later message.
 
-Threads: ``hold``/``take``/``release``/``idle`` may be called from any thread; a client is
+Threads: every method may be called from any thread (one lock); a client is
 used by one thread at a time, since it is in exactly one place: a reader slot (consuming
 thread), a hold (the thread that acks it), or the idle stack (nobody).
 """

@@ -392,11 +392,11 @@ def test_unreachable_server_and_bad_urls_are_kombus_usual_errors() -> None:
     """``connect()`` raises one of the transport's ``connection_errors`` (what kombu callers
     catch), ``ensure_connection`` kombu's ``OperationalError``; a bad URL a ValueError."""
     closed = free_port()  # nothing listens there
-    conn = Connection(f"kestrelpy://127.0.0.1:{closed}//")
-    with pytest.raises(conn.connection_errors, match="Connection refused"):
-        conn.connect()
-    with pytest.raises(OperationalError, match="Connection refused"):
-        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+    with Connection(f"kestrelpy://127.0.0.1:{closed}//") as conn:
+        with pytest.raises(conn.connection_errors, match="Connection refused"):
+            conn.connect()
+        with pytest.raises(OperationalError, match="Connection refused"):
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
     with pytest.raises(ValueError, match=r"could not be cast|invalid literal|port"):
         Connection("kestrelpy://127.0.0.1:notaport//").connect()
     with pytest.raises(BrokerURLError, match=re.escape("'127.0.0.1:notaport//'")):
