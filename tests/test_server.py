@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DEFAULT_CONFIG, Conn, Harness
+from conftest import DEFAULT_CONFIG, Conn, Harness, TcpStringTransport
 from twisted.internet.task import Clock
 
 from kestrelpy import __version__
@@ -28,7 +28,7 @@ from kestrelpy.config import load_config
 from kestrelpy.handler import Session
 from kestrelpy.malloc_tuning import HeapTrimmer
 from kestrelpy.replies import COMMIT_FAILED
-from kestrelpy.server import _OUTPUT_BOUND, _PAUSE_BACKLOG, State
+from kestrelpy.server import _OUTPUT_BOUND, _PAUSE_BACKLOG, MemcacheFactory, State
 from kestrelpy.service import make_service
 from kestrelpy.stats import server_report
 from kestrelpy.wire.memcache import stat_lines
@@ -1116,6 +1116,39 @@ def test_a_closed_connection_is_freed_without_the_cycle_collector(kp: MakeHarnes
     assert queue_stat(h, "q", "open_transactions") == 0
     assert queue_stat(h, "other", "waiters") == 0
     assert drain(writer, b"q") == [b"x"]
+
+
+IDLE_READERS = 1000
+IDLE_READER_BYTES = 1200  # 1,988 before issue 19, 1,029 after (the C++ clone: ~2 KB in all)
+
+
+def test_an_idle_blocked_reader_costs_its_connection_little_memory(kp: MakeHarness) -> None:
+    """Ten thousand readers blocked in ``get q/t=60000`` are a normal load (issue 19): what
+    the server keeps per reader (connection, parser, session, blocked read, output, waiter
+    and deadline), counted by tracemalloc, stays within a bound. The transports are test
+    doubles made beforehand: a real one (tcp.Server and its socket) adds about 600 B."""
+    h = kp()
+    first = h.connect()  # the queue, its waiter line and the 60 s deadline lane exist
+    first.send(b"get q/t=60000\r\n")
+    factory = MemcacheFactory(h.ctx, h.store)
+    transports = [TcpStringTransport() for _ in range(IDLE_READERS)]
+    readers: list[Any] = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _peak = tracemalloc.get_traced_memory()
+        for transport in transports:
+            proto = factory.buildProtocol(None)
+            proto.makeConnection(transport)
+            proto.dataReceived(b"get q/t=60000\r\n")
+            readers.append(proto)
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert queue_stat(h, "q", "waiters") == IDLE_READERS + 1
+    assert transports[0].value() == b""  # still waiting
+    per_reader = (held - before) / IDLE_READERS
+    assert per_reader < IDLE_READER_BYTES, per_reader
 
 
 def test_heap_trim_follows_a_burst_of_closed_connections_once() -> None:
