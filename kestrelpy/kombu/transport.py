@@ -439,6 +439,7 @@ class Transport(virtual.Transport):
         self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
         self._wakeup = threading.Event()
         self._sticky: tuple[int, str] | None = None  # (channel id, queue) that delivered last
+        self._others_asked_at = 0.0  # monotonic: when the other queues were last asked first
 
     def establish_connection(self) -> Any:
         """Check that some server answers, so a dead broker is kombu's usual connection
@@ -475,8 +476,12 @@ class Transport(virtual.Transport):
                 raise TimeoutError()
 
     def _sources(self) -> tuple[list[tuple[KestrelChannel, str]], bool]:
-        """(channel, kombu queue) pairs to read, the one that delivered last first; and
-        whether some consumer is held back by its prefetch limit."""
+        """(channel, kombu queue) pairs to read, and whether some consumer is held back by
+        its prefetch limit.
+
+        The queue that delivered last is asked first (one request per message while it
+        has a backlog), but only for ``polling_interval`` after the others were last asked
+        first: a busy task queue must not starve the remote-control queue."""
         pairs: list[tuple[KestrelChannel, str]] = []
         held_back = False
         for channel in self.channels:
@@ -484,8 +489,13 @@ class Transport(virtual.Transport):
             held_back = held_back or (not queues and channel.prefetch_full())
             pairs += [(channel, queue) for queue in queues]
         sticky = self._sticky
-        if sticky is not None:
-            pairs.sort(key=lambda pair: (id(pair[0]), pair[1]) != sticky)
+        if sticky is not None and len(pairs) > 1:
+            now = time.monotonic()
+            others_first = now - self._others_asked_at >= self.polling_interval
+            if others_first:
+                self._others_asked_at = now
+            # False sorts first: the sticky queue, or (others_first) every other queue
+            pairs.sort(key=lambda pair: ((id(pair[0]), pair[1]) == sticky) is others_first)
         return pairs, held_back
 
     def _read_one(

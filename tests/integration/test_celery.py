@@ -246,13 +246,19 @@ def test_task_that_raises_is_retried_per_autoretry_for(
     assert runs(trace_dir).count(f"fail {token}") == 3
 
 
-def test_celery_inspect_ping_gets_every_workers_pong(
-    server: ServerProcess, workers: Workers, trace_dir: Path
+def test_celery_inspect_ping_gets_every_workers_pong_while_they_are_busy(
+    server: ServerProcess, workers: Workers, apps: list[Celery], trace_dir: Path
 ) -> None:
     """Remote control: a broadcast on the fanout exchange, replies on a direct one whose
-    binding lives in the asking process (the servers' binding markers route them)."""
+    binding lives in the asking process (the servers' binding markers route them). The
+    workers have a backlog longer than the ping's timeout: a worker that keeps reading
+    its busy task queue must still look at its remote-control queue."""
     workers(server, "w1")
     workers(server, "w2")
+    app = sender(server)
+    apps.append(app)
+    for _ in range(600):  # 12 s of work: 6 s per worker, longer than the ping takes
+        app.send_task("celeryapp.tasks.pause", args=(20,), ignore_result=True)
     env = subprocess_env()
     env.update(KESTRELPY_BROKER=broker_url(server), KESTRELPY_TRACE_DIR=str(trace_dir))
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])

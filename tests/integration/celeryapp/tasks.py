@@ -46,6 +46,12 @@ def add(x: int, y: int) -> int:
 
 
 @app.task
+def pause(ms: int) -> None:
+    """Keeps a worker busy: a backlog of these is work that outlasts a remote-control call."""
+    time.sleep(ms / 1000)
+
+
+@app.task
 def record(token: str) -> str:
     _trace(f"record {token}")
     return token
