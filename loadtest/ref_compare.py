@@ -123,7 +123,8 @@ def report(
 def table(result: dict[str, Any]) -> str:
     """Markdown: median (min-max) ratio to memcached per server, then the verdicts."""
     lines = ["| server | 10 conns | 100 conns |", "|---|---|---|"]
-    for name, by_conns in result["ratios"].items():
+    for name in result["params"]["servers"]:
+        by_conns = result["ratios"].get(name, {})
         cells = [
             f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
             if (r := by_conns.get(str(c)))
