@@ -67,17 +67,30 @@ def test_a_large_batch_goes_first_when_the_small_batch_holds_nothing() -> None:
 # ----------------------------------------------------------------------- commit order
 
 
-def test_the_lanes_alternate_when_both_have_a_batch() -> None:
+def test_the_lanes_alternate_and_a_ready_small_batch_rides_the_large_commit() -> None:
+    """Small, then large: on the large lane's turn a small batch that is ready shares the
+    large batch's commit (one fsync before its replies, not two)."""
     lanes = Lanes()
     small(lanes, 0)
     big = [large(lanes, n) for n in (1, 2, 3)]  # each commits after the first small batch
-    smalls = [lanes.pending]
-    taken = [lanes.next_batch()]
-    for item_id in (4, 5):
-        taken.append(lanes.next_batch())
-        smalls.append(small(lanes, item_id))  # a small batch is ready each time
-    taken += iter(lanes.next_batch, None)
-    assert taken == [smalls[0], big[0], smalls[1], big[1], smalls[2], big[2]]
+    heard: list[str] = []
+    big[1].listeners.append(lambda ok: heard.append("big1"))
+    first = lanes.next_batch()
+    assert first is not None and first.ticket == 0  # the small batch first
+    assert lanes.next_batch() is big[0]  # the large turn; no small batch is ready
+    riding = small(lanes, 4)
+    riding.listeners.append(lambda ok: heard.append("small4"))
+    assert lanes.next_batch() is riding  # the small turn
+    rider = small(lanes, 5)
+    rider.listeners.append(lambda ok: heard.append("small5"))
+    merged = lanes.next_batch()  # the large turn, with a small batch ready
+    assert merged is rider and not merged.is_large
+    assert set(merged.puts) == {ITEM_KEY.pack(QID, 5), ITEM_KEY.pack(QID, 2)}
+    for listener in merged.listeners:
+        listener(True)
+    assert heard == ["small5", "big1"]  # both told by the one commit
+    assert lanes.next_batch() is big[2]
+    assert lanes.next_batch() is None
 
 
 def test_a_large_backlog_is_merged_into_bigger_batches() -> None:
