@@ -151,6 +151,10 @@ class Session:
             if not request.noreply:
                 out.append(self._error(err.wire_line))
             return DONE
+        except StoreError as err:  # making room (discard_old_when_full) met a damaged page
+            if not request.noreply:
+                out.append(self._read_failed(name, err))
+            return DONE
         if request.noreply:
             return WROTE if accepted else DONE
         if accepted:
@@ -316,6 +320,8 @@ class Session:
         while room > 0:
             try:
                 item = queue.open(now)
+            except CorruptItemError:
+                continue  # dropped and counted: the batch goes on with the next item
             except StoreError as err:
                 out.append(self._read_failed(name, err))
                 return DONE

@@ -280,7 +280,15 @@ class MemcacheConnection:
         if report is None or self.state is GONE or self._paused_by & _STOPPED:
             return
         output = self._output
-        piece = next(report.pieces, None)
+        try:
+            piece = next(report.pieces, None)
+        except Exception:  # a damaged store page, say: a report cut short cannot be ended
+            self._log.failure("report failed; closing the connection")
+            self._report = None
+            self.state = CLOSING
+            self._backlog = None
+            output.settle()  # what was sent stays sent; then the socket closes
+            return
         if piece is None:  # the report is complete: the pipeline goes on
             self._report = None
             self.state = RUNNING
@@ -333,9 +341,10 @@ class MemcacheConnection:
     def _idle(self) -> None:
         """client_timeout: close a connection that sent nothing for that long.
 
-        A connection blocked in a read is waiting for us, not idle: it gets more time.
+        A connection blocked in a read, or being sent a report it reads, is waiting for
+        us, not idle: it gets more time. One that stopped reading its report does not.
         """
-        if self.state is WAITING:
+        if self.state is WAITING and not (self._report is not None and self._paused_by & OUTPUT):
             self._start_idle_timer()
             return
         self._idle_timer = None

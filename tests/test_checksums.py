@@ -96,3 +96,16 @@ def test_stats_and_the_expiry_sweep_drop_a_damaged_head_without_failing(
     assert b"STAT queue_q_items 1\r\n" in reply and reply.endswith(b"END\r\n")
     assert counts(h) == (1, 5, 2)
     assert h.connect().ask(b"get q\r\n") == b"VALUE q 0 5\r\nitem2\r\nEND\r\n"
+
+
+def test_monitor_skips_a_damaged_item_and_goes_on(kp: MakeHarness) -> None:
+    h = kp(DEFAULT_CONFIG + "max_open_transactions = 10\n")
+    stored_and_restarted(h, *(b"item%d" % n for n in range(4)))
+    flip(h, {1})
+    conn = h.connect()
+    reply = conn.ask(b"monitor q 0 10\r\n")
+    assert (
+        reply == b"".join(b"VALUE q 0 5\r\nitem%d\r\nEND\r\n" % n for n in (0, 2, 3)) + b"END\r\n"
+    )
+    assert conn.ask(b"confirm q 3\r\n") == b"END\r\n"
+    assert counts(h) == (0, 0, 1)

@@ -25,6 +25,7 @@ from twisted.internet.task import Clock
 from kestrelpy import __version__
 from kestrelpy.commands import REPORT_PIECE_QUEUES
 from kestrelpy.config import load_config
+from kestrelpy.errors import DamagedStoreError
 from kestrelpy.handler import Session
 from kestrelpy.malloc_tuning import HeapTrimmer
 from kestrelpy.replies import COMMIT_FAILED
@@ -1323,3 +1324,37 @@ def test_a_queue_deleted_while_dump_stats_streams_is_left_out(kp: MakeHarness) -
     report = conn.take()
     assert b"queue '%b' {" % names[-2] in report
     assert b"queue '%b' {" % names[-1] not in report
+
+
+def test_client_timeout_closes_a_client_that_stopped_reading_its_report(kp: MakeHarness) -> None:
+    h = kp(config(client_timeout='"1s"'))
+    make_queues(h, 3 * REPORT_PIECE_QUEUES)
+    conn = h.connect()
+    conn.send(b"stats\r\n")
+    one_turn(h.clock)
+    conn.proto.pauseProducing()  # the client stopped reading: its send buffer is full
+    h.clock.advance(1.5)
+    assert conn.closing
+
+
+def test_a_report_that_fails_midway_closes_the_connection_after_what_was_sent(
+    kp: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged page met while a piece is built: the report cannot be ended honestly, so
+    the client sees the connection close rather than wait forever for its END."""
+    h = kp()
+    names = make_queues(h, 2 * REPORT_PIECE_QUEUES)
+    damaged = h.collection.get(names[-1].decode())
+    assert damaged is not None
+
+    def fail(now_ms: int) -> int:
+        raise DamagedStoreError("a damaged page")
+
+    monkeypatch.setattr(damaged, "oldest_age_ms", fail)
+    conn = h.connect()
+    conn.send(b"stats\r\nversion\r\n")
+    h.run_until_idle()
+    sent = conn.take()
+    assert sent.startswith(b"STAT uptime ") and not sent.endswith(b"END\r\n")
+    assert conn.closing and conn.proto.state is State.CLOSING
+    assert h.connect().ask(b"version\r\n") == VERSION  # the server carries on

@@ -4,8 +4,8 @@ Large items (``LARGE_ITEM`` bytes and up) travel in a lane of their own: batches
 most ``_BATCH_LARGE_BYTES`` (or one item), committed in turn with the batch of everything
 else, so a 64-byte set waits for at most one large batch (loadtest ``fairness``). On the
 large lane's turn, a small batch that is ready rides the large batch's commit rather than
-waiting for it and then committing alone: one fsync instead of two before its replies. A large batch commits
-only after the batch of small writes that was open when it was last written to
+waiting for it and then committing alone: one fsync instead of two before its replies.
+A large batch commits only after the batch of small writes that was open when it was last written to
 (``Batch.after``), which keeps docs/protocol.md §12: a reply to a write follows the commit
 of every removal answered before it.
 """
