@@ -1,7 +1,8 @@
 # kestrelpy: `make serve` runs the server, `make test` runs the whole suite.
 # Both create .venv on first use; `make test` also installs the Debian packages the tests
 # drive (PHP with its memcached extension, memcached, prometheus, chromium and its
-# driver, tmux, and the STOMP brokers activemq and rabbitmq-server): see .ci/system-deps.
+# driver, tmux, the STOMP brokers activemq and rabbitmq-server, redis-server and gcc for
+# the bench's peers and C client): see .ci/system-deps.
 
 PYTHON ?= python3
 VENV := .venv
