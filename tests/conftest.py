@@ -106,7 +106,7 @@ class Harness:
         self.data_dir = root / "data"
         self.config_path = root / "server.conf"
         self.config_path.write_text(config_text, encoding="utf-8")
-        self.clock = Clock()
+        self.clock = ThreadClock()  # a plain Clock, that also takes the writer's calls
         self.clock.advance(HARNESS_EPOCH_S)
         self.services: list[KestrelService] = []
         self.service = self._build()
