@@ -26,6 +26,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
@@ -545,16 +546,27 @@ def _wait_ms(left_s: float | None, cap_s: float | None) -> int:
     return min(int(wait_s * 1000), MAX_WAIT_MS)
 
 
-def _expiry_s(message: dict[str, Any]) -> int:
+ABSOLUTE_EXPTIME_S = 1_000_000  # memcache exptimes from here up are unix times (protocol §3)
+MAX_EXPTIME_S = 2**31 - 1  # a signed 32-bit exptime; more is CLIENT_ERROR and a closed connection
+
+
+def _expiry_s(message: dict[str, Any], now_s: Callable[[], float] = time.time) -> int:
     """kombu's per-message TTL (``expiration``, milliseconds as text) as the item's
-    relative exptime in whole seconds, rounded up; 0 (none) when absent."""
+    exptime: whole seconds from now, rounded up; 0 (none) when absent.
+
+    A TTL of 1,000,000 s (11.6 days) or more cannot be sent as relative seconds: the server
+    would read it as a unix time in 1970 and store the item already expired. It goes as
+    ``now + TTL`` instead, clamped to the largest exptime the server takes."""
     expiration = message.get("properties", {}).get("expiration")
     if expiration in (None, ""):
         return 0
     try:
-        return max(math.ceil(float(expiration) / 1000), 1)
-    except (TypeError, ValueError):
+        secs = max(math.ceil(float(expiration) / 1000), 1)
+    except (TypeError, ValueError, OverflowError):
         return 0
+    if secs < ABSOLUTE_EXPTIME_S:
+        return secs
+    return min(int(now_s()) + secs, MAX_EXPTIME_S)
 
 
 def _broadcast_expiry_s(message: dict[str, Any]) -> int:
