@@ -26,7 +26,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from queue import Empty
 from typing import Any
 
@@ -101,6 +101,13 @@ class KestrelChannel(virtual.Channel):
         self._readers: dict[str, Client] = {}  # kestrelpy queue -> its reader (no item open)
         self._no_ack: set[str] = set()  # kombu queues consumed without acks
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Client]:
+        """The channel's writing client, for one request from any thread (a prefork
+        worker's result thread publishes too), its refusals sorted for kombu."""
+        with self._write_lock, _refusals_retried():
+            yield self._writer
+
     def _new_client(self) -> Client:
         return Client(self.servers, codec="raw", timeout_s=self.timeout_s, decode_by_flags=False)
 
@@ -144,8 +151,8 @@ class KestrelChannel(virtual.Channel):
 
     def _is_fanout_on_servers(self, exchange: str) -> bool:
         key = f"queue_{names.fanout_parent(exchange)}_children"
-        with self._write_lock:
-            every = self._writer.stats()
+        with self._writing() as writer:
+            every = writer.stats()
         return any(stats.get(key) for stats in every.values())
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
@@ -158,13 +165,13 @@ class KestrelChannel(virtual.Channel):
         the server that takes it; the parent's own copy, which nobody reads, is flushed."""
         parent = names.fanout_parent(exchange)
         self._store(parent, message, expiry_s=_broadcast_expiry_s(message))
-        with self._write_lock:
-            self._writer.flush(parent)
+        with self._writing() as writer:
+            writer.flush(parent)
 
     def _store(self, kestrel_queue: str, message: dict[str, Any], expiry_s: int = 0) -> None:
         body = dumps(message).encode()
-        with self._write_lock:
-            self._writer.put(kestrel_queue, body, expiry_s=expiry_s or _expiry_s(message))
+        with self._writing() as writer:
+            writer.put(kestrel_queue, body, expiry_s=expiry_s or _expiry_s(message))
 
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> list[str]:
         """Queues bound here, else (direct exchanges) those the servers' binding markers
@@ -204,8 +211,8 @@ class KestrelChannel(virtual.Channel):
 
     def _bound_on_servers(self, exchange: str, routing_key: str) -> list[str]:
         parent = names.binding_parent(exchange, routing_key)
-        with self._write_lock:
-            every = self._writer.stats()
+        with self._writing() as writer:
+            every = writer.stats()
         found: list[str] = []
         for stats in every.values():
             found += names.bound_queues(stats.get(f"queue_{parent}_children", ""))
@@ -245,16 +252,16 @@ class KestrelChannel(virtual.Channel):
 
     def _create(self, kestrel_queue: str) -> None:
         """A peek creates the queue; with nothing there it asks every server that is up."""
-        with self._write_lock:
-            self._writer.peek(kestrel_queue)
+        with self._writing() as writer:
+            writer.peek(kestrel_queue)
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         """``queue_delete`` calls this once per binding, with (exchange, routing_key,
         pattern, queue): a direct binding's marker goes; the queue itself goes once, in
         :meth:`queue_delete`."""
         if len(args) >= 2 and args[0] and self.typeof(args[0]).type == "direct":
-            with self._write_lock:
-                self._writer.delete(names.binding_marker(args[0], args[1], queue))
+            with self._writing() as writer:
+                writer.delete(names.binding_marker(args[0], args[1], queue))
 
     def queue_delete(
         self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
@@ -263,26 +270,26 @@ class KestrelChannel(virtual.Channel):
             return None
         kestrel_queue = self.kestrel_queue(queue)
         result = super().queue_delete(queue, if_unused=if_unused, if_empty=False, **kwargs)
-        with self._write_lock:
-            self._writer.delete(kestrel_queue)  # also when it had no bindings
+        with self._writing() as writer:
+            writer.delete(kestrel_queue)  # also when it had no bindings
         return result
 
     def _size(self, queue: str) -> int:
         name = self.kestrel_queue(queue)
-        with self._write_lock:
-            every = self._writer.stats()
+        with self._writing() as writer:
+            every = writer.stats()
         return sum(int(stats.get(f"queue_{name}_items", 0)) for stats in every.values())
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         name = self.kestrel_queue(queue)
-        with self._write_lock:
-            every = self._writer.stats()
+        with self._writing() as writer:
+            every = writer.stats()
         return any(f"queue_{name}_items" in stats for stats in every.values())
 
     def _purge(self, queue: str) -> int:
         size = self._size(queue)
-        with self._write_lock:
-            self._writer.flush(self.kestrel_queue(queue))
+        with self._writing() as writer:
+            writer.flush(self.kestrel_queue(queue))
         return size
 
     # -- reads ---------------------------------------------------------------------------
@@ -318,7 +325,8 @@ class KestrelChannel(virtual.Channel):
         client = self._readers.get(kestrel_queue)
         if client is None:
             client = self._readers[kestrel_queue] = self.holds.checkout()
-        body = client.open(kestrel_queue, wait_ms)
+        with _refusals_retried():
+            body = client.open(kestrel_queue, wait_ms)
         if body is None:
             return None
         payload = self._decode(kestrel_queue, client, body)
@@ -348,8 +356,8 @@ class KestrelChannel(virtual.Channel):
                 err,
                 dead,
             )
-            with self._write_lock:
-                self._writer.put(dead, body)
+            with self._writing() as writer:
+                writer.put(dead, body)
             client.close(kestrel_queue)
             return None
         return payload
@@ -422,7 +430,12 @@ class Transport(virtual.Transport):
         OSError,
     )
     channel_errors = (ChannelError, ServerRefused)  # type: ignore[assignment]
-    recoverable_connection_errors = (NoServerAvailable, ServerUnavailable, OSError)
+    recoverable_connection_errors = (
+        KombuConnectionError,  # a server refusing for now (SERVER_ERROR): see _refusals_retried
+        NoServerAvailable,
+        ServerUnavailable,
+        OSError,
+    )
     recoverable_channel_errors = ()
 
     implements = virtual.Transport.implements.extend(
@@ -447,8 +460,8 @@ class Transport(virtual.Transport):
         error at connect time, not at the first publish."""
         transport = super().establish_connection()
         channel = self._avail_channels[-1]
-        with channel._write_lock:
-            channel._writer.stats()
+        with channel._writing() as writer:
+            writer.stats()
         return transport
 
     def wake(self) -> None:
@@ -521,6 +534,22 @@ class Transport(virtual.Transport):
                 return True
         self._sticky = None
         return False
+
+
+@contextlib.contextmanager
+def _refusals_retried() -> Iterator[None]:
+    """A ``SERVER_ERROR`` refusal (a server ``quiescent`` or ``readonly``, out of queues,
+    every server refusing a read) means "not now, try again": it is raised as kombu's
+    ``ConnectionError``, one of the transport's connection errors, which Celery retries by
+    reconnecting. A channel error would make a Celery worker exit. Other refusals
+    (``CLIENT_ERROR``, ``NOT_STORED``: a full queue, an item too large) stay
+    :class:`ServerRefused`, a channel error: trying again would not help."""
+    try:
+        yield
+    except ServerRefused as err:
+        if err.reply.startswith("SERVER_ERROR"):
+            raise KombuConnectionError(str(err)) from err
+        raise
 
 
 _REFUSALS_LOGGED: set[str] = set()  # exchanges already logged as unmappable

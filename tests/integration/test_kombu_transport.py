@@ -1,0 +1,75 @@
+"""The kombu transport against real ``kestrelpy serve`` processes, without Celery workers:
+refusals, several servers, fanout across servers, poison items, threads.
+
+Each test starts its own servers (fixtures in conftest.py) and talks kombu to them the way
+a Celery worker's consumer or a producer does; the servers' stats, read over a raw
+memcache connection, show what was left open or queued.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from kombu import Connection
+
+import kestrelpy.kombu  # noqa: F401  (registers kestrelpy://)
+
+from .conftest import ServerProcess
+
+WAIT_S = 10.0  # a deadline for anything that should happen at once
+
+
+def broker_url(*servers: ServerProcess) -> str:
+    """``kestrelpy://h:p//``, or with several servers ``kestrelpy://h1:p1;h2:p2//``."""
+    return "kestrelpy://" + ";".join(f"{s.host}:{s.port}" for s in servers) + "//"
+
+
+def queue_stat(server: ServerProcess, queue: str, key: str) -> int:
+    with server.connect() as conn:
+        return int(conn.stats().get(f"queue_{queue}_{key}", "0"))
+
+
+def set_status(server: ServerProcess, status: str) -> None:
+    with server.connect() as admin:
+        assert admin.request(b"status " + status.encode()) == b"END\r\n"
+
+
+def retried(operation: Callable[[], object], errors: tuple[type[BaseException], ...]) -> object:
+    """``operation``'s result once it stops raising ``errors`` (a client backs a refusing
+    server off for a moment), within WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            return operation()
+        except errors:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def test_a_server_refusing_for_now_is_a_connection_error_not_a_channel_error(
+    server: ServerProcess,
+) -> None:
+    """``SERVER_ERROR server is quiescent`` means "try again later": Celery retries
+    connection errors by reconnecting, but a worker exits on a channel error."""
+    with Connection(broker_url(server)) as conn:
+        queue = conn.SimpleQueue("qs")
+        queue.put({"i": 1})
+        set_status(server, "quiescent")
+        with pytest.raises(conn.connection_errors, match="quiescent") as caught:
+            queue.get(timeout=1)
+        assert not isinstance(caught.value, conn.channel_errors)
+        with pytest.raises(conn.connection_errors, match="quiescent") as caught:
+            queue.put({"i": 2})
+        assert not isinstance(caught.value, conn.channel_errors)
+        set_status(server, "up")
+        message = retried(lambda: queue.get(timeout=1), conn.connection_errors)
+        assert getattr(message, "payload", None) == {"i": 1}
+        message.ack()  # type: ignore[attr-defined]
+        queue.close()
+    assert queue_stat(server, "qs", "open_transactions") == 0
