@@ -517,14 +517,19 @@ class Transport(virtual.Transport):
     ) -> bool:
         """One pass: each source without waiting, then (``may_block``) a wait on the first,
         for what is left of the timeout when it is the only one, else for at most
-        ``polling_interval``; True if a message was delivered."""
+        ``polling_interval``; True if a message was delivered.
+
+        The pass without waiting comes first even for one source: a read asks every server
+        (each without waiting) only after its wait on the first, and each delivered message
+        leaves with its reading client, so the next read starts on a fresh client's first
+        server. Without the pass, messages on any other server would each wait a whole
+        timeout on the first one."""
         waits = [0] * len(sources)
         if may_block:
-            left = _left_s(deadline)
-            if len(sources) == 1:
-                waits[0] = _wait_ms(left, None)
-            else:
-                waits.append(_wait_ms(left, self.polling_interval))
+            cap = None if len(sources) == 1 else self.polling_interval
+            wait_ms = _wait_ms(_left_s(deadline), cap)
+            if wait_ms:
+                waits.append(wait_ms)
                 sources = [*sources, sources[0]]
         for (channel, queue), wait_ms in zip(sources, waits, strict=True):
             payload = channel.read(queue, wait_ms, no_ack=queue in channel._no_ack)

@@ -16,7 +16,7 @@ from kombu import Connection
 
 import kestrelpy.kombu  # noqa: F401  (registers kestrelpy://)
 
-from .conftest import ServerProcess
+from .conftest import ServerFactory, ServerProcess
 
 WAIT_S = 10.0  # a deadline for anything that should happen at once
 
@@ -73,3 +73,32 @@ def test_a_server_refusing_for_now_is_a_connection_error_not_a_channel_error(
         message.ack()  # type: ignore[attr-defined]
         queue.close()
     assert queue_stat(server, "qs", "open_transactions") == 0
+
+
+# -- several servers -------------------------------------------------------------------------
+
+
+def test_messages_on_the_second_server_do_not_each_wait_out_a_read_on_the_first(
+    server_factory: ServerFactory,
+) -> None:
+    """Each delivered message keeps its reading client, so every read starts on a fresh
+    client's first server: without a pass over every server first, each message on the
+    second one came only after a whole blocking read (8 s here) on the first."""
+    first, second = server_factory(), server_factory()
+    with Connection(broker_url(second)) as producer:
+        queue = producer.SimpleQueue("lat")
+        for i in range(4):
+            queue.put({"i": i})
+        queue.close()
+    with Connection(broker_url(first, second)) as conn:
+        queue = conn.SimpleQueue("lat")
+        queue.consumer.qos(prefetch_count=4)
+        got = []
+        deadline = time.monotonic() + 5.0  # far under two blocking reads
+        while len(got) < 4 and time.monotonic() < deadline:
+            got.append(queue.get(timeout=8))
+        assert sorted(m.payload["i"] for m in got) == [0, 1, 2, 3]
+        for message in got:
+            message.ack()
+        queue.close()
+    assert queue_stat(second, "lat", "open_transactions") == 0
