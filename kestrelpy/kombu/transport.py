@@ -98,6 +98,7 @@ class KestrelChannel(virtual.Channel):
         self.holds: Holds[Client] = Holds(self._new_client)
         self._writer = self._new_client()
         self._write_lock = threading.Lock()
+        self._targets: dict[str, Client] = {}  # host:port -> a client of that server only
         self._readers: dict[str, Client] = {}  # kestrelpy queue -> its reader (no item open)
         self._no_ack: set[str] = set()  # kombu queues consumed without acks
 
@@ -162,11 +163,48 @@ class KestrelChannel(virtual.Channel):
         self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any
     ) -> None:
         """``set`` on the parent copies the message into every bound queue (child), on
-        the server that takes it; the parent's own copy, which nobody reads, is flushed."""
+        the server that takes it; the parent's own copy, which nobody reads, is flushed.
+        With several servers, every child is first made to exist on every server (see
+        :meth:`_spread_children`): a copy left in the parent would be flushed unread."""
         parent = names.fanout_parent(exchange)
+        if len(self.servers) > 1:
+            self._spread_children(parent)
         self._store(parent, message, expiry_s=_broadcast_expiry_s(message))
         with self._writing() as writer:
             writer.flush(parent)
+
+    def _spread_children(self, parent: str) -> None:
+        """Create on each server that is up every child of ``parent`` that some server
+        has: a queue bound while a server was down (or a child deleted there since) has no
+        child on it, and a broadcast taken by that server would reach nobody.
+
+        One ``stats`` per server per broadcast, and only with several servers; broadcasts
+        are rare (remote control, Broadcast queues). A server that comes back between the
+        ``stats`` and the ``set`` can still take a broadcast it has no child for; readers
+        create their child on each server they ask, so that window is one read long."""
+        key = f"queue_{parent}_children"
+        with self._writing() as writer:
+            every = writer.stats()
+        held = {
+            server: set(filter(None, stats.get(key, "").split(",")))
+            for server, stats in every.items()
+        }
+        wanted = set().union(*held.values())
+        for server, children in held.items():
+            missing = sorted(wanted - children)
+            if missing:
+                self._create_on(server, [parent, *missing])
+
+    def _create_on(self, server: str, kestrel_queues: list[str]) -> None:
+        """Create queues on one server (a peek creates; an existing queue is unchanged)."""
+        with self._write_lock, _refusals_retried():
+            client = self._targets.get(server)
+            if client is None:
+                client = self._targets[server] = Client(
+                    [server], codec="raw", timeout_s=self.timeout_s, decode_by_flags=False
+                )
+            for name in kestrel_queues:
+                client.peek(name)
 
     def _store(self, kestrel_queue: str, message: dict[str, Any], expiry_s: int = 0) -> None:
         body = dumps(message).encode()
@@ -406,7 +444,12 @@ class KestrelChannel(virtual.Channel):
 
     def close(self) -> None:
         super().close()
-        clients = [*self._readers.values(), *self.holds.drop_all(), self._writer]
+        clients = [
+            *self._readers.values(),
+            *self.holds.drop_all(),
+            self._writer,
+            *self._targets.values(),
+        ]
         self._readers.clear()
         for client in clients:
             with contextlib.suppress(ClientError):

@@ -8,11 +8,12 @@ memcache connection, show what was left open or queued.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
 import pytest
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 import kestrelpy.kombu  # noqa: F401  (registers kestrelpy://)
 
@@ -102,3 +103,32 @@ def test_messages_on_the_second_server_do_not_each_wait_out_a_read_on_the_first(
             message.ack()
         queue.close()
     assert queue_stat(second, "lat", "open_transactions") == 0
+
+
+def test_a_broadcast_reaches_a_queue_whose_child_is_missing_on_one_server(
+    server_factory: ServerFactory,
+) -> None:
+    """A queue bound while a server was down has no fanout child there (deleting it on
+    that server makes the same state). A broadcast whose ``set`` that server takes stayed
+    in the parent, which the publish then flushes: writes rotate, so half were lost."""
+    first, second = server_factory(), server_factory()
+    url = broker_url(first, second)
+    exchange = Exchange("news", type="fanout")
+    with Connection(url) as consumer, Connection(url) as producer:
+        queue = consumer.SimpleQueue(Queue("reader", exchange))
+        with second.connect() as raw:
+            assert raw.request(b"delete news+reader") == b"DELETED\r\n"
+        publisher = producer.Producer()
+        for i in range(6):
+            publisher.publish({"i": i}, exchange=exchange, declare=[exchange])
+        got = []
+        deadline = time.monotonic() + WAIT_S
+        while len(got) < 6 and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                message = queue.get(timeout=1)
+                got.append(message.payload["i"])
+                message.ack()
+        queue.close()
+    assert sorted(got) == list(range(6))
+    for srv in (first, second):
+        assert queue_stat(srv, "news", "items") == 0
