@@ -142,6 +142,13 @@ def binding_marker(exchange: str, routing_key: str, queue: str) -> str:
     return _checked(f"{binding_parent(exchange, routing_key)}+{queue_name(queue)}")
 
 
+def errors_queue(kestrel_queue: str) -> str:
+    """Where items of ``kestrel_queue`` that are not kombu messages go: ``<queue>_errors``,
+    with the ``+`` of a fanout child escaped, so the errors queue of ``news+reader`` is not
+    one more child of ``news`` (which every broadcast would fill, and nobody read)."""
+    return _checked(kestrel_queue.replace("+", "%2B") + "_errors")
+
+
 def bound_queues(children: str) -> list[str]:
     """The kombu queue names in a ``queue_<parent>_children`` stats value (full child names,
     comma-separated)."""

@@ -379,26 +379,47 @@ class KestrelChannel(virtual.Channel):
 
     def _decode(self, kestrel_queue: str, client: Client, body: bytes) -> dict[str, Any] | None:
         """The kombu payload of an item, with a delivery tag of its own. An item that is not
-        one (another producer's bytes) moves to ``<queue>_errors``, logged: kombu could
-        neither deliver it nor give it back without reading it again forever."""
+        one (another producer's bytes, a body encoding kombu does not know) moves to the
+        errors queue (see :meth:`_dead_letter`): kombu could neither deliver it nor give it
+        back without reading it again forever.
+
+        kombu's own Message is built here, as kombu builds it on delivery, so that whatever
+        it raises on (any exception: a bad ``body_encoding`` is an AttributeError) is met
+        while this reader still holds the item, not in kombu's callback after it."""
         try:
             payload = loads(body)
             if not isinstance(payload, dict) or not isinstance(payload["properties"], dict):
                 raise TypeError("not a JSON object with properties")
             payload["properties"]["delivery_tag"] = str(uuid.uuid4())
-        except (ValueError, TypeError, KeyError) as err:
-            dead = kestrel_queue + "_errors"
-            log.error(
-                "kestrelpy: item of %s is not a kombu message (%s): moved to %s",
-                kestrel_queue,
-                err,
-                dead,
-            )
-            with self._writing() as writer:
-                writer.put(dead, body)
-            client.close(kestrel_queue)
+            self.Message(payload, channel=self)
+        except Exception as err:
+            self._dead_letter(kestrel_queue, client, body, err)
             return None
         return payload
+
+    def _dead_letter(self, kestrel_queue: str, client: Client, body: bytes, why: Exception) -> None:
+        """Move the item ``client`` holds open to the errors queue, logged; if it cannot be
+        stored there, give it back (to the head of its queue) and raise: the reader must
+        not keep holding it, and the message must not be lost."""
+        dead = names.errors_queue(kestrel_queue)
+        log.error(
+            "kestrelpy: item of %s is not a kombu message (%s: %s): moved to %s",
+            kestrel_queue,
+            type(why).__name__,
+            why,
+            dead,
+        )
+        try:
+            with self._writing() as writer:
+                writer.put(dead, body)
+        except BaseException:
+            _give_back(client, kestrel_queue)
+            raise
+        try:
+            client.close(kestrel_queue)
+        except ClientError as err:  # the server put it back: it is dead-lettered again
+            log.warning("kestrelpy: close of a dead-lettered item of %s failed (%s)", dead, err)
+            client.disconnect()
 
     def settle(self, delivery_tag: str, *, requeue: bool) -> None:
         """Close (done) or abort (back to the head) the held message of ``delivery_tag`` on
@@ -582,6 +603,16 @@ class Transport(virtual.Transport):
                 return True
         self._sticky = None
         return False
+
+
+def _give_back(client: Client, kestrel_queue: str) -> None:
+    """Abort the item ``client`` holds open on ``kestrel_queue``; when that fails, drop the
+    connection, which gives it back as well."""
+    try:
+        client.abort(kestrel_queue)
+    except ClientError:
+        with contextlib.suppress(ClientError):
+            client.disconnect()
 
 
 @contextlib.contextmanager

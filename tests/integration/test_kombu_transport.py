@@ -132,3 +132,60 @@ def test_a_broadcast_reaches_a_queue_whose_child_is_missing_on_one_server(
     assert sorted(got) == list(range(6))
     for srv in (first, second):
         assert queue_stat(srv, "news", "items") == 0
+
+
+# -- items that are not kombu messages -------------------------------------------------------
+
+UNDECODABLE = b'{"properties": {"body_encoding": "zzz"}, "body": "QUJD"}'
+
+
+def test_a_payload_kombu_cannot_decode_is_dead_lettered_not_raised(server: ServerProcess) -> None:
+    """JSON with properties, but a body encoding kombu does not know: building kombu's
+    Message raised AttributeError out of drain_events, and the item stayed open."""
+    with server.connect() as raw:
+        assert raw.set("poison", UNDECODABLE) == b"STORED\r\n"
+    with Connection(broker_url(server)) as conn:
+        queue = conn.SimpleQueue("poison")
+        queue.put({"ok": 1})
+        message = queue.get(timeout=5)
+        assert message.payload == {"ok": 1}
+        message.ack()
+        queue.close()
+    with server.connect() as raw:
+        assert raw.get("poison_errors") == UNDECODABLE
+        assert raw.stats()["queue_poison_open_transactions"] == "0"
+
+
+def test_a_dead_letter_that_cannot_be_stored_gives_the_item_back(
+    server_factory: ServerFactory,
+) -> None:
+    """The errors queue refuses (``max_items = 0``): the refusal is raised, and the item
+    goes back to the head of its queue instead of staying open on the reader."""
+    server = server_factory('[queues."stuck_errors"]\nmax_items = 0\n')
+    with server.connect() as raw:
+        assert raw.set("stuck", b"not json") == b"STORED\r\n"
+    with Connection(broker_url(server)) as conn:
+        queue = conn.SimpleQueue("stuck")
+        with pytest.raises(conn.channel_errors, match="NOT_STORED"):
+            queue.get(timeout=1)
+        assert queue_stat(server, "stuck", "open_transactions") == 0
+        assert queue_stat(server, "stuck", "items") == 1
+        queue.close()
+
+
+def test_dead_letters_of_a_fanout_child_do_not_make_a_new_child(server: ServerProcess) -> None:
+    exchange = Exchange("news", type="fanout")
+    url = broker_url(server)
+    with Connection(url) as consumer, Connection(url) as producer:
+        queue = consumer.SimpleQueue(Queue("reader", exchange))
+        with server.connect() as raw:
+            assert raw.set("news+reader", b"not json") == b"STORED\r\n"
+        producer.Producer().publish({"i": 0}, exchange=exchange, declare=[exchange])
+        message = queue.get(timeout=5)
+        assert message.payload == {"i": 0}
+        message.ack()
+        queue.close()
+    with server.connect() as raw:
+        stats = raw.stats()
+        assert stats["queue_news_children"] == "news+reader"
+        assert raw.get("news%2Breader_errors") == b"not json"

@@ -102,3 +102,16 @@ def test_bound_queues_reads_a_children_stat() -> None:
 def test_too_long_child_is_refused_with_advice() -> None:
     with pytest.raises(names.UnmappableError, match="shorter exchange and queue names"):
         names.fanout_child("e" * 120, "q" * 120)
+
+
+def test_errors_queue_of_a_plain_queue_keeps_its_name() -> None:
+    assert names.errors_queue("celery") == "celery_errors"
+
+
+def test_errors_queue_of_a_fanout_child_is_not_a_child() -> None:
+    """``news+reader_errors`` would be one more child of ``news``, filled by every
+    broadcast."""
+    got = names.errors_queue("news+reader")
+    assert "+" not in got
+    assert got == "news%2Breader_errors"
+    assert names.kombu_name(got) == "news+reader_errors"
