@@ -46,10 +46,16 @@ class Holds(Generic[C]):
         self._lock = threading.Lock()
         self._held: dict[str, Held[C]] = {}
         self._idle: list[C] = []  # a stack: the client idled last (its socket warm) reads next
+        self._closed = False  # after drop_all: nothing more is kept, so nothing leaks
 
-    def hold(self, tag: str, client: C, queue: str) -> None:
+    def hold(self, tag: str, client: C, queue: str) -> bool:
+        """Keep ``client`` under ``tag``; False once closed: the caller disconnects it (the
+        server then puts its message back), since nobody would ever settle it."""
         with self._lock:
+            if self._closed:
+                return False
             self._held[tag] = Held(client, queue)
+            return True
 
     def take(self, tag: str) -> Held[C] | None:
         """The hold of ``tag``, removed; None if it was never held here or already taken."""
@@ -61,10 +67,19 @@ class Holds(Generic[C]):
         with self._lock:
             return list(self._held)
 
-    def idle(self, client: C) -> None:
-        """``client`` holds nothing open: it can read again."""
+    def idle(self, client: C) -> bool:
+        """``client`` holds nothing open: it can read again. False once closed (an ack
+        racing the channel's close): the caller disconnects it, or it would leak."""
         with self._lock:
+            if self._closed:
+                return False
             self._idle.append(client)
+            return True
+
+    def __len__(self) -> int:
+        """How many messages are held."""
+        with self._lock:
+            return len(self._held)
 
     def checkout(self) -> C:
         """A client to read with: the one idled last, or a new one."""
@@ -82,8 +97,10 @@ class Holds(Generic[C]):
             return taken
 
     def drop_all(self) -> list[C]:
-        """Every client this knows of, idle or holding, forgotten (at channel close)."""
+        """Every client this knows of, idle or holding, forgotten (at channel close); from
+        now on :meth:`hold` and :meth:`idle` refuse, so the caller owns every client."""
         with self._lock:
+            self._closed = True
             clients = [*self._idle, *(held.client for held in self._held.values())]
             self._idle.clear()
             self._held.clear()

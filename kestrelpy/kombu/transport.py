@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 import threading
 import time
 import uuid
@@ -100,6 +101,8 @@ class KestrelChannel(virtual.Channel):
         self._write_lock = threading.Lock()
         self._targets: dict[str, Client] = {}  # host:port -> a client of that server only
         self._readers: dict[str, Client] = {}  # kestrelpy queue -> its reader (no item open)
+        self._reading: Client | None = None  # the reader in a read now (consuming thread)
+        self._state_lock = threading.Lock()  # _readers and _reading against close()
         self._no_ack: set[str] = set()  # kombu queues consumed without acks
 
     @contextlib.contextmanager
@@ -358,14 +361,20 @@ class KestrelChannel(virtual.Channel):
         """Open one message of kombu ``queue``, waiting up to ``wait_ms``. Acked reads keep
         it open on its connection (held under a fresh delivery tag, so a message that
         comes twice is two deliveries); ``no_ack`` reads confirm it with the next request.
-        Consuming thread only."""
+        Consuming thread only; :meth:`close` (from any thread) cuts a read short, and a
+        message such a read opened anyway goes back (its connection closes)."""
         kestrel_queue = self.kestrel_queue(queue)
-        client = self._readers.get(kestrel_queue)
+        client = self._start_read(kestrel_queue)
         if client is None:
-            client = self._readers[kestrel_queue] = self.holds.checkout()
-        with _refusals_retried():
-            body = client.open(kestrel_queue, wait_ms)
-        if body is None:
+            return None
+        try:
+            with _refusals_retried():
+                body = client.open(kestrel_queue, wait_ms)
+        except Exception:
+            if self._end_read(client):
+                raise
+            return None  # cut short by close(): not an error of the consumer
+        if not self._end_read(client) or body is None:
             return None
         payload = self._decode(kestrel_queue, client, body)
         if payload is None:
@@ -373,9 +382,33 @@ class KestrelChannel(virtual.Channel):
         if no_ack:
             client.engine.finish(kestrel_queue)  # the close rides on this reader's next read
             return payload
-        del self._readers[kestrel_queue]  # it holds this message now; a new reader reads on
-        self.holds.hold(payload["properties"]["delivery_tag"], client, kestrel_queue)
+        with self._state_lock:  # it holds this message now; a new reader reads on
+            self._readers.pop(kestrel_queue, None)
+        if not self.holds.hold(payload["properties"]["delivery_tag"], client, kestrel_queue):
+            _disconnect(client)  # closed meanwhile: the message goes back
+            return None
         return payload
+
+    def _start_read(self, kestrel_queue: str) -> Client | None:
+        """The reader of ``kestrel_queue``, marked as reading; None once closed."""
+        with self._state_lock:
+            if self.closed:
+                return None
+            client = self._readers.get(kestrel_queue)
+            if client is None:
+                client = self._readers[kestrel_queue] = self.holds.checkout()
+            self._reading = client
+            return client
+
+    def _end_read(self, client: Client) -> bool:
+        """The read of ``client`` is over; False if the channel closed meanwhile, and
+        then ``client`` is disconnected (an item it opened goes back to its queue)."""
+        with self._state_lock:
+            self._reading = None
+            closed = self.closed
+        if closed:
+            _disconnect(client)
+        return not closed
 
     def _decode(self, kestrel_queue: str, client: Client, body: bytes) -> dict[str, Any] | None:
         """The kombu payload of an item, with a delivery tag of its own. An item that is not
@@ -442,9 +475,10 @@ class KestrelChannel(virtual.Channel):
                 queue,
                 err,
             )
-            client.disconnect()
+            _disconnect(client)
             return
-        self.holds.idle(client)
+        if not self.holds.idle(client):
+            _disconnect(client)  # the channel closed meanwhile: nobody would reuse it
 
     def wake(self) -> None:
         """Wake the consuming thread's wait; an ack may come from another thread after
@@ -464,17 +498,23 @@ class KestrelChannel(virtual.Channel):
         return list(self._active_queues)
 
     def close(self) -> None:
+        """Give back every unacked message (kombu's close restores them), cut short a
+        read in flight in the consuming thread (its sockets are shut down: a blocked recv
+        returns at once, and that thread disconnects the reader, see :meth:`_end_read`),
+        and close every other connection. Any thread."""
+        self.wake()  # before kombu cuts this channel from its transport
         super().close()
-        clients = [
-            *self._readers.values(),
-            *self.holds.drop_all(),
-            self._writer,
-            *self._targets.values(),
-        ]
-        self._readers.clear()
-        for client in clients:
-            with contextlib.suppress(ClientError):
-                client.disconnect()
+        with self._state_lock:
+            reading = self._reading
+            readers = [client for client in self._readers.values() if client is not reading]
+            self._readers.clear()
+        if reading is not None:
+            _interrupt(reading)
+        for client in (*readers, *self.holds.drop_all()):
+            _disconnect(client)
+        with self._write_lock:
+            for client in (self._writer, *self._targets.values()):
+                _disconnect(client)
 
 
 class Transport(virtual.Transport):
@@ -603,6 +643,25 @@ class Transport(virtual.Transport):
                 return True
         self._sticky = None
         return False
+
+
+def _disconnect(client: Client) -> None:
+    """Close every connection of ``client``; what it held open goes back to its queue."""
+    with contextlib.suppress(ClientError):
+        client.disconnect()
+
+
+def _interrupt(client: Client) -> None:
+    """Wake a read of ``client`` blocked in another thread: shut its sockets down, so the
+    blocked ``recv`` returns at once (the reading thread then fails over, finds the
+    channel closed, and disconnects). The client has no API for this, being one thread's;
+    its links are reached directly. A read that has not connected yet is not cut short:
+    it ends with its own wait."""
+    for link in list(client.engine._links.values()):
+        sock = getattr(link, "_sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _give_back(client: Client, kestrel_queue: str) -> None:

@@ -9,15 +9,16 @@ memcache connection, show what was left open or queued.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Consumer, Exchange, Queue
 
 import kestrelpy.kombu  # noqa: F401  (registers kestrelpy://)
 
-from .conftest import ServerFactory, ServerProcess
+from .conftest import ServerFactory, ServerProcess, wait_until
 
 WAIT_S = 10.0  # a deadline for anything that should happen at once
 
@@ -189,3 +190,41 @@ def test_dead_letters_of_a_fanout_child_do_not_make_a_new_child(server: ServerPr
         stats = raw.stats()
         assert stats["queue_news_children"] == "news+reader"
         assert raw.get("news%2Breader_errors") == b"not json"
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+
+def test_closing_a_channel_cuts_short_a_read_blocked_in_another_thread(
+    server: ServerProcess,
+) -> None:
+    """A channel closed while its consumer waits in a blocking read: the read ends at
+    once (the server sees no waiter), and a message put afterwards is neither delivered
+    to the closed channel nor left open on it. Before, the read went on to its end, took
+    the message, and raised KeyError out of drain_events."""
+    with Connection(broker_url(server)) as conn:
+        channel = conn.channel()
+        got: list[object] = []
+        Consumer(channel, [Queue("cf")], callbacks=[lambda body, _m: got.append(body)]).consume()
+        raised: list[BaseException] = []
+
+        def drain() -> None:
+            try:
+                conn.drain_events(timeout=4)
+            except TimeoutError:
+                pass
+            except BaseException as err:
+                raised.append(err)
+
+        thread = threading.Thread(target=drain)
+        thread.start()
+        wait_until(lambda: queue_stat(server, "cf", "waiters") == 1, WAIT_S, "the read", server)
+        channel.close()
+        wait_until(lambda: queue_stat(server, "cf", "waiters") == 0, 3, "no waiter", server)
+        with server.connect() as raw:
+            assert raw.set("cf", b'{"body": "aGk=", "properties": {}}') == b"STORED\r\n"
+        thread.join(WAIT_S)
+        assert not thread.is_alive()
+        assert raised == [] and got == []
+        assert queue_stat(server, "cf", "items") == 1
+        assert queue_stat(server, "cf", "open_transactions") == 0

@@ -82,3 +82,23 @@ def test_acks_from_other_threads_lose_no_client() -> None:
         thread.join(timeout=30)
     assert holds.tags() == []
     assert sorted(holds.drain_idle()) == sorted("x" + tag for tag in tags)
+
+
+def test_after_drop_all_idle_and_hold_refuse_so_the_caller_disconnects() -> None:
+    """An ack racing the channel's close: its client must not sit in an idle stack that
+    nobody will ever drain (a leaked connection)."""
+    holds = fresh()
+    holds.hold("t", "b", "q")
+    assert holds.drop_all() == ["b"]
+    assert holds.idle("b") is False
+    assert holds.hold("t2", "c", "q") is False
+    assert holds.drain_idle() == []
+    assert holds.tags() == []
+
+
+def test_len_counts_held_messages() -> None:
+    holds = fresh()
+    holds.hold("t1", "a", "q")
+    holds.hold("t2", "b", "q")
+    holds.idle("c")
+    assert len(holds) == 2
