@@ -45,7 +45,7 @@ from kestrelpy.client import (
 )
 from kestrelpy.errors import KestrelpyError
 from kestrelpy.kombu import names
-from kestrelpy.kombu.holds import Holds
+from kestrelpy.kombu.holds import Held, Holds
 
 log = logging.getLogger(__name__)
 
@@ -458,8 +458,14 @@ class KestrelChannel(virtual.Channel):
         """Close (done) or abort (back to the head) the held message of ``delivery_tag`` on
         its own connection. A connection that is gone has given the item back already: the
         message will be delivered again (logged, not raised: the ack cannot fail it)."""
-        held = self.holds.take(delivery_tag)
+        held, owner = self._take_hold(delivery_tag)
         if held is None:
+            log.warning(
+                "kestrelpy: no message is held under delivery tag %s (settled twice, or its "
+                "channel closed and gave it back): nothing to %s",
+                delivery_tag,
+                "requeue" if requeue else "ack",
+            )
             return
         client, queue = held.client, held.queue
         try:
@@ -477,8 +483,26 @@ class KestrelChannel(virtual.Channel):
             )
             _disconnect(client)
             return
-        if not self.holds.idle(client):
+        if not owner.holds.idle(client):
             _disconnect(client)  # the channel closed meanwhile: nobody would reuse it
+
+    def _take_hold(self, delivery_tag: str) -> tuple[Held[Client] | None, KestrelChannel]:
+        """The hold of ``delivery_tag``, taken, and the channel whose reader read it.
+
+        kombu routes a delivery to the consumer callback of its queue, and there is one
+        per queue per connection: when two channels of a connection consume one queue,
+        messages one channel read are acked on the other. Delivery tags are uuid4, so the
+        other channels of the connection are searched."""
+        held = self.holds.take(delivery_tag)
+        if held is not None:
+            return held, self
+        transport = self.connection
+        for channel in list(transport.channels) if transport is not None else ():
+            if channel is not self and isinstance(channel, KestrelChannel):
+                held = channel.holds.take(delivery_tag)
+                if held is not None:
+                    return held, channel
+        return None, self
 
     def wake(self) -> None:
         """Wake the consuming thread's wait; an ack may come from another thread after

@@ -12,9 +12,10 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from kombu import Connection, Consumer, Exchange, Queue
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import kestrelpy.kombu  # noqa: F401  (registers kestrelpy://)
 
@@ -228,3 +229,28 @@ def test_closing_a_channel_cuts_short_a_read_blocked_in_another_thread(
         assert raised == [] and got == []
         assert queue_stat(server, "cf", "items") == 1
         assert queue_stat(server, "cf", "open_transactions") == 0
+
+
+def test_two_channels_consuming_one_queue_ack_what_the_other_read(server: ServerProcess) -> None:
+    """kombu keeps one consumer callback per queue per connection, so a message read by
+    one channel is delivered, and acked, through the other: the ack must still close it."""
+    with Connection(broker_url(server)) as conn:
+        queue = Queue("dup")
+        got: list[object] = []
+
+        def on_message(body: object, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        for _ in range(2):
+            Consumer(conn.channel(), [queue], callbacks=[on_message]).consume()
+        publisher = Producer(conn.channel())
+        for i in range(6):
+            publisher.publish({"i": i}, routing_key="dup", declare=[queue])
+        deadline = time.monotonic() + WAIT_S
+        while len(got) < 6 and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=1)
+        assert len(got) == 6
+        assert queue_stat(server, "dup", "open_transactions") == 0
+    assert queue_stat(server, "dup", "items") == 0, "acked messages came back"
