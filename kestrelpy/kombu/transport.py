@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0  # every connect, send and receive (transport option timeout_s)
 DEFAULT_POLL_S = 0.1  # one wait of a multi-queue consumer; a remote-control reply's delay
+DEFAULT_MAX_HELD = 256  # unacked messages per channel at most, whatever the prefetch count
 MAX_WAIT_MS = 60_000  # one blocking read, when kombu asks to wait without a timeout
 
 
@@ -96,6 +97,7 @@ class KestrelChannel(virtual.Channel):
         super().__init__(connection, **kwargs)
         self.servers: list[str] = connection.servers
         self.timeout_s = connection.timeout_s
+        self.max_held = connection.max_held
         self.holds: Holds[Client] = Holds(self._new_client)
         self._writer = self._new_client()
         self._write_lock = threading.Lock()
@@ -513,13 +515,19 @@ class KestrelChannel(virtual.Channel):
 
     def prefetch_full(self) -> bool:
         """Consumers wait for acks before reading more."""
-        return bool(self._consumers) and not self.closed and not self.qos.can_consume()
+        return bool(self._consumers) and not self.closed and not self._has_room()
 
     def consumed(self) -> list[str]:
         """kombu queues to read now: none while prefetch is used up."""
-        if self.closed or not self._consumers or not self.qos.can_consume():
+        if self.closed or not self._consumers or not self._has_room():
             return []
         return list(self._active_queues)
+
+    def _has_room(self) -> bool:
+        """Under the prefetch count, and under ``max_held``: each unacked message holds a
+        connection (to each server its client has read from), and a prefetch count of 0,
+        kombu's default without ``qos``, sets no limit at all."""
+        return self.qos.can_consume() and len(self.holds) < self.max_held
 
     def close(self) -> None:
         """Give back every unacked message (kombu's close restores them), cut short a
@@ -579,6 +587,9 @@ class Transport(virtual.Transport):
         )
         options = client.transport_options or {}
         self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
+        self.max_held = int(options.get("max_held", DEFAULT_MAX_HELD))
+        if self.max_held < 1:
+            raise ValueError(f"transport option max_held={self.max_held}: expected 1 or more")
         self._wakeup = threading.Event()
         self._sticky: tuple[int, str] | None = None  # (channel id, queue) that delivered last
         self._others_asked_at = 0.0  # monotonic: when the other queues were last asked first

@@ -254,3 +254,35 @@ def test_two_channels_consuming_one_queue_ack_what_the_other_read(server: Server
         assert len(got) == 6
         assert queue_stat(server, "dup", "open_transactions") == 0
     assert queue_stat(server, "dup", "items") == 0, "acked messages came back"
+
+
+def test_max_held_bounds_unacked_messages_when_prefetch_sets_no_limit(
+    server: ServerProcess,
+) -> None:
+    """A consumer without ``qos`` (prefetch 0) held one connection per unacked message,
+    without end; ``max_held`` caps it, and an ack makes room for one more."""
+    url = broker_url(server)
+    with Connection(url) as producer:
+        queue = producer.SimpleQueue("pf0")
+        for i in range(10):
+            queue.put({"i": i})
+        queue.close()
+    with Connection(url, transport_options={"max_held": 3}) as conn:
+        held: list[Any] = []
+        Consumer(conn.channel(), [Queue("pf0")], callbacks=[lambda _b, m: held.append(m)]).consume()
+        with contextlib.suppress(TimeoutError):
+            for _ in range(10):
+                conn.drain_events(timeout=0.5)
+        assert len(held) == 3
+        assert queue_stat(server, "pf0", "open_transactions") == 3
+        held[0].ack()
+        conn.drain_events(timeout=5)
+        assert len(held) == 4
+        for message in held[1:]:
+            message.ack()
+    assert queue_stat(server, "pf0", "items") == 6
+
+
+def test_max_held_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_held=0"):
+        Connection("kestrelpy://127.0.0.1:1//", transport_options={"max_held": 0}).connect()
