@@ -154,6 +154,13 @@ def redis_server(workdir: Path, *, persistence: str = "always", cpu: int | None 
     return Server(argv, name=f"redis-{persistence}", port=port, cpu=cpu, cwd=workdir)
 
 
+def bare_twisted_server(python: str, *, cpu: int | None = None) -> Server:
+    """``loadtest.bare_twisted`` (the CPython-on-Twisted ceiling) run by ``python`` on a free
+    loopback port, not started; it announces its port as kestrelpy does."""
+    argv = [python, "-m", "loadtest.bare_twisted", "--port", "0"]
+    return Server(argv, name="bare-twisted", cpu=cpu, cwd=Path(__file__).resolve().parent.parent)
+
+
 @contextlib.contextmanager
 def _children_pinned(cpu: int | None) -> Iterator[None]:
     """Pin the calling thread to ``cpu`` while a child is forked, so the child (and every

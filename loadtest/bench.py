@@ -13,7 +13,9 @@ Sizes and counts are documented in loadtest/README.md; ``--full`` packs 1M items
 ref10 and ref100 measure with the C reference client (loadtest/ref_client.c, built with gcc
 at run time), the yardstick of the performance targets, and also run against Redis
 (``redis-always``: LPUSH/RPOP, AOF with ``appendfsync always``; ``redis-none``: no
-persistence), the durable peer; Redis shows "n/a" in every other scenario.
+persistence), the durable peer, and against ``bare-twisted`` (loadtest/bare_twisted.py: set
+and get over in-memory deques on Twisted's epoll reactor, the CPython ceiling any server on
+Twisted shares); both show "n/a" in every other scenario.
 
 The celery scenario (kestrelpy only) runs Celery workers against the column's kestrelpy
 and against a Redis it starts itself (loadtest/celery_bench.py), in the same run.
@@ -50,12 +52,14 @@ from loadtest._servers import (
     REDIS_SERVER,
     Server,
     ServerError,
+    bare_twisted_server,
     memcached_server,
     redis_server,
     serve_argv,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+BARE_TWISTED = "bare-twisted"  # the CPython-on-Twisted ceiling (loadtest.bare_twisted)
 MB = 1024 * 1024
 
 SYNC_CONFIGS = {
@@ -108,7 +112,8 @@ class Scenario:
     http: bool = False  # kestrelpy with its HTTP listener on
     scrape_every_s: float = 0.0  # scrape /metrics this often while the tool runs (0: never)
     kestrelpy_only: bool = False  # memcached's cell says "n/a"
-    redis_too: bool = False  # the Redis columns run it (RESP); elsewhere their cell is "n/a"
+    # the peers' columns (Redis over RESP, bare Twisted) run it; elsewhere their cell is "n/a"
+    redis_too: bool = False
     # measured in this process instead of by a tool: the server in, the report out
     inline: Callable[[Server], dict[str, Any]] | None = field(default=None, compare=False)
 
@@ -116,9 +121,10 @@ class Scenario:
 def applies(scenario: Scenario, server: str) -> bool:
     """Whether ``scenario`` runs on the server column ``server`` (else its cell is "n/a").
 
-    Redis speaks RESP, not memcache: it only runs the scenarios whose tool speaks both.
+    Redis speaks RESP, not memcache: it only runs the scenarios whose tool speaks both. The
+    bare Twisted server is a yardstick for the same rows and knows only set and get.
     """
-    if server.startswith("redis-"):
+    if server.startswith("redis-") or server == BARE_TWISTED:
         return scenario.redis_too
     return not (scenario.kestrelpy_only and server == "memcached")
 
@@ -489,6 +495,8 @@ def start_server(
     if name.startswith("redis-"):
         persistence = name.removeprefix("redis-")
         return redis_server(workdir, persistence=persistence, cpu=args.server_cpu).start()
+    if name == BARE_TWISTED:
+        return bare_twisted_server(_venv_python(), cpu=args.server_cpu).start()
     sync = name.removeprefix("kestrelpy-")
     http = scenario is not None and scenario.http
     return start_kestrelpy(sync, args.server_cpu, args.kestrelpy_cmd, workdir, http=http)
@@ -594,6 +602,8 @@ def results_table(
 
 
 def _column(name: str) -> str:
+    if name == BARE_TWISTED:
+        return "bare Twisted (ceiling)"
     if name.startswith("redis-"):
         persistence = name.removeprefix("redis-")
         return "Redis (no persistence)" if persistence == "none" else f"Redis ({persistence})"
@@ -733,7 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda text: [s for s in text.split(",") if s],
         default=None,
         help="comma list of kestrelpy-always, kestrelpy-periodic, memcached, redis-always, "
-        "redis-none (default: all but redis-none; Redis runs the ref scenarios only)",
+        "redis-none, bare-twisted (default: all but redis-none; Redis and bare-twisted run "
+        "the ref scenarios only)",
     )
     parser.add_argument(
         "--scenarios",
@@ -766,6 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.servers is None:
         args.servers = ["kestrelpy-always", "kestrelpy-periodic"]
         args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
+        args.servers.append(BARE_TWISTED)  # the CPython ceiling, ref rows only
         if os.path.exists(REDIS_SERVER):
             args.servers.append("redis-always")  # the issue's durable peer, ref rows only
         else:
@@ -776,6 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = scenarios(args.full, args.quick)
     known_servers = [f"kestrelpy-{sync}" for sync in SYNC_CONFIGS] + ["memcached"]
     known_servers += [f"redis-{persistence}" for persistence in REDIS_PERSISTENCE]
+    known_servers.append(BARE_TWISTED)
     unknown = [s for s in args.servers if s not in known_servers]
     unknown += [k for k in args.scenarios or () if k not in {s.key for s in plan}]
     if unknown:

@@ -16,8 +16,8 @@ from typing import Any
 
 from lt_harness import ROOT
 
-from loadtest._servers import Server, redis_server
-from loadtest.bench import applies, scenarios, start_kestrelpy
+from loadtest._servers import Server, bare_twisted_server, redis_server
+from loadtest.bench import BARE_TWISTED, applies, scenarios, start_kestrelpy
 
 RUN_TIMEOUT_S = 90  # gcc, connecting, a 1 s run and exit on a busy 2-core machine
 
@@ -90,3 +90,15 @@ def test_bench_shows_redis_in_the_ref_rows_and_na_elsewhere(tmp_path: Path) -> N
     assert "| scenario | metric | Redis (always) |" in text
     assert "| flood, 10 conns (5+5), 64 B | set+get ops/s | n/a |" in text
     assert "| C ref client, 10 conns (5+5), 64 B set/get (Redis: LPUSH/RPOP) | ops/s | " in text
+
+
+def test_bare_twisted_serves_the_ref_load_and_runs_only_the_ref_rows() -> None:
+    server = bare_twisted_server(sys.executable).start()
+    try:
+        report = run_ref_client(server)
+    finally:
+        server.stop()
+    assert_sane(report, "memcache")
+    assert report["hits"] > 0
+    plan = {s.key: s for s in scenarios(full=False, quick=True)}
+    assert {key for key, s in plan.items() if applies(s, BARE_TWISTED)} == {"ref10", "ref100"}
