@@ -1,10 +1,11 @@
 """bare_twisted: the CPython ceiling for the ref scenarios, a queue server with nothing else.
 
 ``python -m loadtest.bare_twisted --port N`` serves ``set <q> <flags> <exptime> <bytes>`` and
-``get <q>`` on 127.0.0.1 from one dict of in-memory deques, on Twisted's epoll reactor,
-answering every complete request of a read with one write: no store, no options, no
-checks beyond framing. What it reaches at 10 and 100 connections is what any Python server
-on Twisted can reach on this machine (docs of issue 19: "the bare Twisted in-memory
+``get <q>`` on 127.0.0.1 from one dict of in-memory deques, on the epoll reactor kestrelpy
+itself runs on (``--reactor twisted-epoll``: Twisted's stock one, slower by its per-event
+log context), answering every complete request of a read with one write: no store, no
+options, no checks beyond framing. What it reaches at 10 and 100 connections is what any
+server in CPython on Twisted can reach on this machine (issue 19's "bare Twisted in-memory
 server"), so the bench shows kestrelpy as a share of it beside memcached and Redis.
 """
 
@@ -15,12 +16,7 @@ import sys
 from collections import defaultdict, deque
 from collections.abc import Sequence
 
-from twisted.internet import epollreactor
-
-epollreactor.install()
-
-from twisted.internet import reactor  # noqa: E402  (after the reactor is chosen)
-from twisted.internet.protocol import Factory, Protocol  # noqa: E402
+from twisted.internet.protocol import Factory, Protocol
 
 STORED = b"STORED\r\n"
 END = b"END\r\n"
@@ -81,7 +77,18 @@ class BareFactory(Factory):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bare_twisted", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
+    parser.add_argument("--reactor", choices=("epoll", "twisted-epoll"), default="epoll")
     args = parser.parse_args(argv)
+    if args.reactor == "epoll":
+        from kestrelpy.reactor import install
+
+        install()
+    else:
+        from twisted.internet import epollreactor
+
+        epollreactor.install()
+    from twisted.internet import reactor
+
     factory = BareFactory()
     port = reactor.listenTCP(args.port, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"listening on 127.0.0.1:{port.getHost().port}", file=sys.stderr, flush=True)
