@@ -7,9 +7,10 @@
   death of the process (the server puts it back). kombu's in-memory redelivery of unacked
   messages (``_restore``) is not used for any of them.
 - Reads block on the server (``get q/open/t=MS``), one connection per consumed queue.
-  kestrelpy cannot wait on two queues with one request, so a consumer of several queues
-  (a Celery worker: its task queue and its remote-control queue) checks each without
-  waiting, then waits on one for at most ``polling_interval`` (0.1 s), in turn.
+  kestrelpy cannot wait on two queues with one request, so a consumer checks each of its
+  queues on every server without waiting, then waits on one: for the whole timeout with
+  one queue, for at most ``polling_interval`` (0.1 s) with several (a Celery worker: its
+  task queue and its remote-control queue), in turn.
 - Exchanges: see :mod:`kestrelpy.kombu.names` for fanout (kestrelpy fanout queues) and
   direct (bindings in this process, else the binding markers on the servers). Topic and
   headers exchanges cannot share their bindings between processes: they raise.
