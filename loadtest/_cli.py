@@ -155,6 +155,11 @@ def skipped_check(info: ServerInfo) -> dict[str, Any]:
     return {"performed": False, "ok": None, "note": f"server is a {info.reason}"}
 
 
+def problems_check(problems: Sequence[str], when_none: str) -> dict[str, Any]:
+    """The ``check`` part of a report that looked for ``problems`` (the first five named)."""
+    return {"performed": True, "ok": not problems, "note": "; ".join(problems[:5]) or when_none}
+
+
 def run_tool(parser: argparse.ArgumentParser, runner: Runner, argv: Sequence[str] | None) -> int:
     """Parse options, run, print the report; map failures to the exit codes above."""
     from loadtest._report import emit

@@ -43,7 +43,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadtest._cli import base_parser, base_report, header_line, positive_int, prepare, run_tool
+from loadtest._cli import (
+    base_parser,
+    base_report,
+    header_line,
+    positive_int,
+    prepare,
+    problems_check,
+    run_tool,
+)
 from loadtest._client import Address, SyncClient, connect, queue_stat
 from loadtest._report import human, table
 
@@ -350,11 +358,7 @@ def _report(
         cpu_ratios=cpu_ratios,
         goals=goals,
         goals_met=all(goal["met"] for goal in goals.values()),
-        check={
-            "performed": True,
-            "ok": not problems,
-            "note": "; ".join(problems[:5]) or "every loop's items queued / read exactly",
-        },
+        check=problems_check(problems, "every loop's items queued / read exactly"),
         ok=not problems,
     )
     return report
