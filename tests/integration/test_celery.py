@@ -275,6 +275,30 @@ def test_celery_inspect_ping_gets_every_workers_pong_while_they_are_busy(
     assert "w1@" in done.stdout and "w2@" in done.stdout
 
 
+def test_a_worker_outlives_a_quiescent_server_and_runs_tasks_once_it_is_up(
+    server: ServerProcess, workers: Workers, apps: list[Celery], trace_dir: Path
+) -> None:
+    """``SERVER_ERROR server is quiescent`` on the worker's reads is a connection error,
+    which Celery retries by reconnecting; as a channel error it made the worker exit."""
+    worker = workers(server, "w1")
+    with server.connect() as admin:
+        assert admin.request(b"status quiescent") == b"END\r\n"
+    wait_until(
+        lambda: any("quiescent" in line for line in worker.lines),
+        20,
+        "the worker to meet the refusal",
+        server,
+    )
+    with server.connect() as admin:
+        assert admin.request(b"status up") == b"END\r\n"
+    app = sender(server)
+    apps.append(app)
+    token = uuid.uuid4().hex
+    app.send_task("celeryapp.tasks.record", args=(token,), ignore_result=True)
+    wait_until(lambda: f"record {token}" in runs(trace_dir), 30, "the task to run", server)
+    assert worker.proc.poll() is None, worker.log()
+
+
 # -- kombu, no worker ----------------------------------------------------------------------
 
 
