@@ -47,6 +47,7 @@ from kestrelpy.client import (
 from kestrelpy.errors import KestrelpyError
 from kestrelpy.kombu import names
 from kestrelpy.kombu.holds import Held, Holds
+from kestrelpy.kombu.pool import SharedServerPool, sharing
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class KestrelChannel(virtual.Channel):
         self.servers: list[str] = connection.servers
         self.timeout_s = connection.timeout_s
         self.max_held = connection.max_held
+        self._pool = SharedServerPool(self.servers, time.monotonic)
         self.holds: Holds[Client] = Holds(self._new_client)
         self._writer = self._new_client()
         self._write_lock = threading.Lock()
@@ -116,7 +118,9 @@ class KestrelChannel(virtual.Channel):
             yield self._writer
 
     def _new_client(self) -> Client:
-        return Client(self.servers, codec="raw", timeout_s=self.timeout_s, decode_by_flags=False)
+        """A client on the channel's shared pool (see :mod:`kestrelpy.kombu.pool`)."""
+        client = Client(self.servers, codec="raw", timeout_s=self.timeout_s, decode_by_flags=False)
+        return sharing(client, self._pool)
 
     # -- names ---------------------------------------------------------------------------
 

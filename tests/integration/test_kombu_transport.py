@@ -9,6 +9,7 @@ memcache connection, show what was left open or queued.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +106,35 @@ def test_messages_on_the_second_server_do_not_each_wait_out_a_read_on_the_first(
             message.ack()
         queue.close()
     assert queue_stat(second, "lat", "open_transactions") == 0
+
+
+def test_a_hung_server_costs_one_timeout_not_one_per_message(
+    server_factory: ServerFactory,
+) -> None:
+    """A server that accepts connections and never answers: each delivered message leaves
+    with its client, so with a pool per client every fresh reader waited ``timeout_s`` on
+    it again. The channel's clients share one pool: the first failure backs it off for all."""
+    good = server_factory()
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # the backlog accepts; nobody ever answers
+        with Connection(broker_url(good)) as producer:
+            queue = producer.SimpleQueue("bh")
+            for i in range(6):
+                queue.put({"i": i})
+            queue.close()
+        url = f"kestrelpy://127.0.0.1:{hung.getsockname()[1]};{good.host}:{good.port}//"
+        with Connection(url, transport_options={"timeout_s": 1.0}) as conn:
+            queue = conn.SimpleQueue("bh")
+            queue.consumer.qos(prefetch_count=6)
+            got = []
+            deadline = time.monotonic() + 5.0  # six timeouts before; one or two now
+            while len(got) < 6 and time.monotonic() < deadline:
+                got.append(queue.get(timeout=10))
+            assert sorted(m.payload["i"] for m in got) == list(range(6))
+            for message in got:
+                message.ack()
+            queue.close()
 
 
 def test_a_broadcast_reaches_a_queue_whose_child_is_missing_on_one_server(
