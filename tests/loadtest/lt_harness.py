@@ -13,8 +13,11 @@ use too): the fake binds port 0 and announces it, memcached gets a free port.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the loadtest package lives at the repo root, not installed
@@ -28,3 +31,19 @@ FAKE = Path(__file__).with_name("fake_kestrel.py")
 def start_fake(*extra: str) -> Server:
     """fake_kestrel.py on a port it picks and announces; ``extra`` injects faults."""
     return Server([sys.executable, str(FAKE), "--port", "0", *extra], name="fake kestrel").start()
+
+
+def run_quick_bench(
+    tmp_path: Path, servers: str, scenarios: str, timeout_s: float
+) -> tuple[str, dict[str, Any]]:
+    """``python -m loadtest.bench --quick`` for ``servers`` x ``scenarios``, its output
+    files in ``tmp_path``; returns the RESULTS.md text and each server's raw results."""
+    output, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
+    argv = [sys.executable, "-m", "loadtest.bench", "--quick", "--servers", servers]
+    argv += ["--scenarios", scenarios, "--output", str(output), "--raw-output", str(raw)]
+    done = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    results: dict[str, Any] = json.loads(raw.read_text())["results"]
+    return output.read_text(), results

@@ -6,12 +6,11 @@ scenario runs, its checks pass and its rows reach RESULTS.md, not how fast anyth
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-from lt_harness import ROOT
+from lt_harness import ROOT, run_quick_bench
 
 from loadtest._servers import memcached_server
 from loadtest.client_bench import LOOPS
@@ -20,14 +19,8 @@ RUN_TIMEOUT_S = 120
 
 
 def test_the_client_scenario_runs_end_to_end(tmp_path: Path) -> None:
-    output, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
-    argv = [sys.executable, "-m", "loadtest.bench", "--quick", "--servers", "kestrelpy-periodic"]
-    argv += ["--scenarios", "client", "--output", str(output), "--raw-output", str(raw)]
-    done = subprocess.run(
-        argv, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    run = json.loads(raw.read_text())["results"]["kestrelpy-periodic"]["client"]
+    text, results = run_quick_bench(tmp_path, "kestrelpy-periodic", "client", RUN_TIMEOUT_S)
+    run = results["kestrelpy-periodic"]["client"]
     assert run["error"] == "", run["error"]
     report = run["report"]
     assert report["tool"] == "client_bench" and report["server_kind"] == "queue"
@@ -45,7 +38,7 @@ def test_the_client_scenario_runs_end_to_end(tmp_path: Path) -> None:
         assert summary["ops_per_s"] > 0 and summary["cpu_us_per_op"] > 0
     assert set(report["goals"]) == {"put", "put_many", "reliable"}
     assert all(report["ratios"][loop] > 0 for loop in report["goals"])
-    text = output.read_text()
+
     assert "| client: kestrelpy.client vs bare pymemcache" in text
     assert "| Client.reliable | " in text and "| client CPU per put | " in text
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lt_harness import ROOT
+from lt_harness import ROOT, run_quick_bench
 
 from loadtest._servers import Server, bare_twisted_server, redis_server
 from loadtest.bench import BARE_TWISTED, applies, scenarios, start_kestrelpy
@@ -75,18 +75,11 @@ def test_redis_runs_the_ref_scenarios_only() -> None:
 
 
 def test_bench_shows_redis_in_the_ref_rows_and_na_elsewhere(tmp_path: Path) -> None:
-    output, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
-    argv = [sys.executable, "-m", "loadtest.bench", "--quick", "--servers", "redis-always"]
-    argv += ["--scenarios", "flood10,ref10", "--output", str(output), "--raw-output", str(raw)]
-    done = subprocess.run(
-        argv, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    run = json.loads(raw.read_text())["results"]["redis-always"]
+    text, results = run_quick_bench(tmp_path, "redis-always", "flood10,ref10", RUN_TIMEOUT_S)
+    run = results["redis-always"]
     assert run["ref10"]["error"] == "", run["ref10"]["error"]
     assert run["ref10"]["report"]["protocol"] == "redis"
     assert run["ref10"]["report"]["server_cpu_us_per_op"] > 0
-    text = output.read_text()
     assert "| scenario | metric | Redis (always) |" in text
     assert "| flood, 10 conns (5+5), 64 B | set+get ops/s | n/a |" in text
     assert "| C ref client, 10 conns (5+5), 64 B set/get (Redis: LPUSH/RPOP) | ops/s | " in text
