@@ -37,10 +37,10 @@ Out = list[Any]  # reply parts: bytes, or Durable markers
 # (server context, the connection's settings, request, reply parts) -> code. The settings
 # are the connection's own: fixed when it opened, so a reload does not change the rules
 # (status refusals, error lines) halfway through a client's conversation.
+CommandFunction = Callable[["ServerContext", ServerConfig, Command, Out], int]
+
 # Queues per piece of a streamed report: ~170 KB of stats lines, a few ms of work.
 REPORT_PIECE_QUEUES = 256
-
-CommandFunction = Callable[["ServerContext", ServerConfig, Command, Out], int]
 
 
 def error_line(settings: ServerConfig, line: bytes) -> bytes:

@@ -251,11 +251,15 @@ class MemcacheConnection:
         """A blocked read sent something; ``code`` DONE means it ended (item, timeout or
         queue deleted) and the pipeline continues, BLOCKED that it goes on (monitor)."""
         if code != BLOCKED and self.state is WAITING:
-            self.state = RUNNING
-            if self._backlog:
-                # Not from inside the put that woke us: run the rest on a fresh stack.
-                self._ctx.clock.callLater(0, self._drain_backlog)
+            self._wait_ended()
         self._output.add_from_reader(replies)  # sent now unless held behind commits
+
+    def _wait_ended(self) -> None:
+        """The blocked read or the streamed report ended: the requests queued behind it
+        run next, on a fresh stack (not from inside the put that woke a reader)."""
+        self.state = RUNNING
+        if self._backlog:
+            self._ctx.clock.callLater(0, self._drain_backlog)
 
     def _drain_backlog(self) -> None:
         if self.state is not RUNNING or self._paused_by & _STOPPED:
@@ -291,9 +295,7 @@ class MemcacheConnection:
             return
         if piece is None:  # the report is complete: the pipeline goes on
             self._report = None
-            self.state = RUNNING
-            if self._backlog:
-                self._ctx.clock.callLater(0, self._drain_backlog)
+            self._wait_ended()
             output.settle()
             return
         output.parts.append(piece)
