@@ -25,10 +25,11 @@ network to a peer that may not trust us (the router refuses pickle there).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
 
 from kestrelpy.errors import KestrelpyError
+from kestrelpy.router.errors import RouterConfigError
 from kestrelpy.router.wire import Message
 
 
@@ -59,3 +60,18 @@ class Backend(Protocol):
     def take(self, queue: str) -> Lease | None: ...
 
     def close(self) -> None: ...
+
+
+def checked_where(
+    name: str, implementation: str, options: Mapping[str, Any], keys: Collection[str]
+) -> str:
+    """How an interface's config errors start (``router interface 'name'``), once its keys
+    are known to be among ``keys``: every backend checks its own the same way."""
+    where = f"router interface {name!r}"
+    unknown = sorted(set(options) - set(keys))
+    if unknown:
+        raise RouterConfigError(
+            f"{where}: unknown key {unknown[0]!r} for implementation {implementation!r}: "
+            f"expected {', '.join(sorted(keys))}"
+        )
+    return where

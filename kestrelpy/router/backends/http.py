@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from kestrelpy.router.backends.base import Backend, BackendError, Lease, SendOnly
+from kestrelpy.router.backends.base import Backend, BackendError, Lease, SendOnly, checked_where
 from kestrelpy.router.errors import RouterConfigError
 from kestrelpy.router.wire import Message, pack
 
@@ -50,13 +50,7 @@ _DROPPED = (
 
 def open_backend(name: str, options: Mapping[str, Any]) -> Backend:
     """An :class:`HttpBackend` from an interface's own keys, checked whole now."""
-    where = f"router interface {name!r}"
-    unknown = sorted(set(options) - set(KEYS))
-    if unknown:
-        raise RouterConfigError(
-            f"{where}: unknown key {unknown[0]!r} for implementation 'http': "
-            f"expected {', '.join(KEYS)}"
-        )
+    where = checked_where(name, "http", options, KEYS)
     for key in ("url", "token"):
         if key not in options:
             raise RouterConfigError(f"{where}: missing key {key!r} (implementation 'http')")

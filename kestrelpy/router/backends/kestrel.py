@@ -19,7 +19,7 @@ from contextlib import suppress
 from typing import Any
 
 from kestrelpy.client import Client, ClientError
-from kestrelpy.router.backends.base import BackendError
+from kestrelpy.router.backends.base import BackendError, checked_where
 from kestrelpy.router.errors import RouterConfigError
 from kestrelpy.router.wire import BadMessage, Message, pack, unpack
 
@@ -99,12 +99,7 @@ class KestrelBackend:
 
 
 def open_backend(name: str, options: Mapping[str, Any]) -> KestrelBackend:
-    where = f"router interface {name!r}"
-    unknown = sorted(set(options) - _KEYS)
-    if unknown:
-        raise RouterConfigError(
-            f"{where}: unknown key {unknown[0]!r} for kestrel: expected {', '.join(sorted(_KEYS))}"
-        )
+    where = checked_where(name, "kestrel", options, _KEYS)
     servers = options.get("servers", "127.0.0.1:22133")
     timeout_s = options.get("timeout_s", 5.0)
     read_timeout_ms = options.get("read_timeout_ms", 0)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kestrelpy.errors import StoreError
-from kestrelpy.router.backends.base import BackendError
+from kestrelpy.router.backends.base import BackendError, checked_where
 from kestrelpy.router.errors import RouterConfigError
 from kestrelpy.router.wire import BadMessage, Message, pack, unpack
 from kestrelpy.storage.shared_queues import DEFAULT_MAP_SIZE, SharedQueues, Taken, unix_ms
@@ -174,12 +174,7 @@ class LocalBackend:
 
 def open_backend(name: str, options: Mapping[str, Any]) -> LocalBackend:
     """Check the options (naming interface and key); opens nothing yet."""
-    where = f"router interface {name!r}"
-    unknown = sorted(set(options) - set(_KEYS))
-    if unknown:
-        raise RouterConfigError(
-            f"{where}: unknown key {unknown[0]!r} for local: expected {', '.join(_KEYS)}"
-        )
+    where = checked_where(name, "local", options, _KEYS)
     path = options.get("path")
     if not isinstance(path, str | os.PathLike) or not str(path):
         raise RouterConfigError(f"{where}: path: expected a directory name, got {path!r}")

@@ -65,7 +65,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kestrelpy.router.backends.base import BackendError
+from kestrelpy.router.backends.base import BackendError, checked_where
 from kestrelpy.router.errors import RouterConfigError
 from kestrelpy.router.wire import Message
 
@@ -109,12 +109,7 @@ _KEYS = frozenset(StompOptions.__dataclass_fields__)
 
 def open_backend(name: str, options: Mapping[str, Any]) -> StompBackend:
     """A backend for interface ``name``; no network I/O until the first call."""
-    where = f"router interface {name!r}"
-    unknown = sorted(set(options) - _KEYS)
-    if unknown:
-        raise RouterConfigError(
-            f"{where}: unknown key {unknown[0]!r} for stomp: expected {', '.join(sorted(_KEYS))}"
-        )
+    where = checked_where(name, "stomp", options, _KEYS)
     default = StompOptions()
     host = _text(options, "host", default.host, where, empty=False)
     port = _whole(options, "port", default.port, where, lowest=1)
