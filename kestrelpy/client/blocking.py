@@ -72,6 +72,7 @@ class SocketLink:
         self._deadline_s = timeout_s
         self._replies = ReplyReader()
         self._usable = True
+        self._interrupted = False  # set by interrupt(), from another thread
 
     @property
     def usable(self) -> bool:
@@ -108,13 +109,21 @@ class SocketLink:
         except (OSError, ProtocolViolation) as err:
             self._usable = False
             reset = isinstance(err, ConnectionResetError | BrokenPipeError)
-            stale = reset and not got and not reader.pending_bytes
+            stale = reset and not got and not reader.pending_bytes and not self._interrupted
             raise ServerUnavailable(
                 str(self._address), _describe(err), replies=got, stale=stale
             ) from err
         except BaseException:
             self.close()  # interrupted (before the request went out, or after): out of step
             raise
+
+    def interrupt(self) -> None:
+        """Cut short an exchange blocked in another thread: the socket is shut down, so its
+        receive returns at once, and the exchange fails as interrupted, never as a stale
+        idle link (which would be sent again on a fresh connection)."""
+        self._interrupted = True
+        with suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._usable = False
@@ -178,6 +187,16 @@ class Client:
     stats = _blocking(Engine.stats)
     flush_closes = _blocking(Engine.flush_closes)
     disconnect = _blocking(Engine.disconnect)
+
+    def interrupt(self) -> None:
+        """Cut short an operation blocked in another thread (the one call a ``Client``
+        takes from another thread): it fails at once, as when its server goes away
+        (:class:`NoServerAvailable` if no other server is up), instead of waiting out a
+        blocking read, and is not sent again. A read that has not connected yet ends with
+        its own wait. Disconnect the client afterwards."""
+        for link in self.engine.links():
+            if isinstance(link, SocketLink):
+                link.interrupt()
 
     def reliable(self, queue: str, timeout_ms: int = 0) -> _ReliableRead:
         """Open one item of ``queue`` for the ``with`` block: closed when the block ends

@@ -413,6 +413,11 @@ class Engine:
         for server, link in list(self._links.items()):
             self._drop(server, link)
 
+    def links(self) -> list[Link]:
+        """The connections open now, one per server (for a face that must reach them from
+        outside an operation, as the blocking client's ``interrupt`` does)."""
+        return list(self._links.values())
+
     # -- one server ---------------------------------------------------------------------------
 
     async def _call(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import socket
 import threading
 import time
 import uuid
@@ -546,7 +545,7 @@ class KestrelChannel(virtual.Channel):
             readers = [client for client in self._readers.values() if client is not reading]
             self._readers.clear()
         if reading is not None:
-            _interrupt(reading)
+            reading.interrupt()  # its thread then finds the channel closed, and disconnects
         for client in (*readers, *self.holds.drop_all()):
             _disconnect(client)
         with self._write_lock:
@@ -689,19 +688,6 @@ def _disconnect(client: Client) -> None:
     """Close every connection of ``client``; what it held open goes back to its queue."""
     with contextlib.suppress(ClientError):
         client.disconnect()
-
-
-def _interrupt(client: Client) -> None:
-    """Wake a read of ``client`` blocked in another thread: shut its sockets down, so the
-    blocked ``recv`` returns at once (the reading thread then fails over, finds the
-    channel closed, and disconnects). The client has no API for this, being one thread's;
-    its links are reached directly. A read that has not connected yet is not cut short:
-    it ends with its own wait."""
-    for link in list(client.engine._links.values()):
-        sock = getattr(link, "_sock", None)
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _give_back(client: Client, kestrel_queue: str) -> None:

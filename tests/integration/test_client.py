@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -424,6 +425,37 @@ def test_an_interrupted_blocking_exchange_does_not_pass_its_reply_on(
     client.put(qname + "_other", 1)
     assert client.get(qname) == "second"
     assert len(socks) == 2
+    client.disconnect()
+
+
+def test_interrupt_cuts_short_a_read_blocked_in_another_thread_without_a_retry(
+    shared_server: ServerProcess, qname: str
+) -> None:
+    """Shut down under it, the read's socket ends like a server's close of an idle link;
+    it must fail at once rather than be sent again on a fresh connection (the retry an
+    idle link gets), which would wait out the whole read once more."""
+    client = Client(shared_server.address)
+    client.put(qname + "_warm", 1)  # a connection to reuse: the case a retry is made for
+    failed: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            client.open(qname, timeout_ms=30_000)
+        except BaseException as err:
+            failed.append(err)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with shared_server.connect() as raw:
+        waiting = lambda: queue_stats(raw, qname).get("waiters", 0)  # noqa: E731
+        wait_until(lambda: waiting() == 1, 10, "the blocked read", shared_server)
+        client.interrupt()
+        reader.join(10)
+        assert not reader.is_alive() and len(failed) == 1
+        assert isinstance(failed[0], NoServerAvailable), repr(failed[0])  # the only one
+        wait_until(lambda: waiting() == 0, 10, "no waiter", shared_server)
+        raw.set(qname, b'"late"')
+        assert queue_stats(raw, qname)["items"] == 1  # no retried read took it
     client.disconnect()
 
 
