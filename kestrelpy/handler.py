@@ -87,6 +87,7 @@ class Session:
         "_wait",
         "closed",
     )
+    __deletable__ = ("_wait",)  # release() deletes it; the compiled build must be told
     _log = Logger()
 
     def __init__(self, ctx: ServerContext, resumer: ReadResumer) -> None:
@@ -151,9 +152,9 @@ class Session:
             if not request.noreply:
                 out.append(self._error(err.wire_line))
             return DONE
-        except StoreError as err:  # making room (discard_old_when_full) met a damaged page
+        except StoreError as failure:  # making room (discard_old_when_full) met a damaged page
             if not request.noreply:
-                out.append(self._read_failed(name, err))
+                out.append(self._read_failed(name, failure))
             return DONE
         if request.noreply:
             return WROTE if accepted else DONE
@@ -168,8 +169,8 @@ class Session:
         if options is None:
             try:
                 options = parse_get_key(request.key)
-            except ProtocolError as err:
-                out.append(self._error(err.reply[:-2]))
+            except ProtocolError as bad_key:
+                out.append(self._error(bad_key.reply[:-2]))
                 return CLOSE
             if len(_get_keys) >= _GET_KEYS_MAX:
                 _get_keys.clear()
@@ -322,8 +323,8 @@ class Session:
                 item = queue.open(now)
             except CorruptItemError:
                 continue  # dropped and counted: the batch goes on with the next item
-            except StoreError as err:
-                out.append(self._read_failed(name, err))
+            except StoreError as failure:
+                out.append(self._read_failed(name, failure))
                 return DONE
             if item is None:
                 break

@@ -261,8 +261,10 @@ class LmdbStorage:
             except lmdb.MapFullError:
                 try:
                     self._grow_map()
-                except OSError as err:
-                    return self._commit_in_reserve(batch, f"cannot grow the store: {err.strerror}")
+                except OSError as grow_err:
+                    return self._commit_in_reserve(
+                        batch, f"cannot grow the store: {grow_err.strerror}"
+                    )
                 continue
             except lmdb.Error as err:
                 return _store_error(err)
@@ -386,10 +388,10 @@ class LmdbStorage:
             except lmdb.MapFullError:
                 try:
                     self._grow_map()
-                except OSError as err:
+                except OSError as grow_err:
                     raise StoreFullError(
-                        f"{self._path}: no room to upgrade the store format: {err.strerror}"
-                    ) from err
+                        f"{self._path}: no room to upgrade the store format: {grow_err.strerror}"
+                    ) from grow_err
         raise StoreFullError(f"{self._path}: the store map cannot grow to upgrade its format")
 
     def _grow_map(self) -> None:
@@ -517,9 +519,11 @@ def _open_env(path: Path, *, sync: bool) -> tuple[Any, int]:
             _check_length(env, path, file_bytes, "serve")
         _reserve(path, map_size)
         return env, map_size
-    except OSError as err:
+    except OSError as reserve_err:
         env.close()
-        raise StoreFullError(f"cannot reserve {map_size} bytes in {path}: {err.strerror}") from err
+        raise StoreFullError(
+            f"cannot reserve {map_size} bytes in {path}: {reserve_err.strerror}"
+        ) from reserve_err
     except StoreError:
         env.close()
         raise
@@ -684,8 +688,8 @@ def inspect_store(path: Path) -> list[QueueRecord]:
         meta_db = env.open_db(b"meta", create=False)
         with env.begin() as txn:
             return _queue_records(txn, items_db, queues_db, meta_db)
-    except lmdb.NotFoundError as err:  # a sound LMDB file without our databases
-        raise StoreError(f"{path}: not a kestrelpy store ({err})") from err
+    except lmdb.NotFoundError as missing:  # a sound LMDB file without our databases
+        raise StoreError(f"{path}: not a kestrelpy store ({missing})") from missing
     except lmdb.Error as err:
         raise _damaged(path, err, "dump-store") from err
     finally:
