@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck bench soak fuzz system-deps clean
+.PHONY: serve test lint typecheck bench soak fuzz system-deps compiled test-compiled clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
-bench: $(VENV)/.installed-bench system-deps
+bench: $(VENV)/.installed-bench system-deps compiled
 	$(BIN)/python -m loadtest.bench
 
 # Long runs of tests/faults: the kill -9 crash loop (rounds per sync policy) and the live
@@ -57,5 +57,29 @@ soak: $(VENV)/.installed-test
 fuzz: $(VENV)/.installed-test
 	KESTRELPY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s tests/faults/test_fuzz_live.py
 
+# The optional compiled build (setup.py): the hot path's modules compiled with mypyc,
+# installed (not editable: the install holds the built modules) into a venv of its own, so
+# the default install and `make test` stay pure Python. `make test-compiled` runs the
+# tests that drive real server processes against it; the bench's `-mypyc` columns use it.
+COMPILED_VENV := .venv-compiled
+COMPILED_BIN := $(COMPILED_VENV)/bin
+PACKAGE_SOURCES := $(shell find kestrelpy -name '*.py')
+
+$(COMPILED_BIN)/python:
+	$(PYTHON) -m venv $(COMPILED_VENV)
+	$(COMPILED_BIN)/pip install -q --upgrade pip
+
+$(COMPILED_VENV)/.installed: pyproject.toml setup.py $(PACKAGE_SOURCES) | $(COMPILED_BIN)/python
+	$(COMPILED_BIN)/pip install -q 'setuptools>=68' wheel 'mypy>=1.10' '.[test]'
+	KESTRELPY_MYPYC=1 $(COMPILED_BIN)/pip install -q --no-build-isolation --no-deps --force-reinstall .
+	touch $@
+
+compiled: $(COMPILED_VENV)/.installed
+
+COMPILED_TESTS ?= tests/integration tests/faults
+
+test-compiled: compiled system-deps
+	KPTEST_EXPECT_COMPILED=1 $(COMPILED_BIN)/pytest -q $(COMPILED_TESTS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(COMPILED_VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis
