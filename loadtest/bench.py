@@ -60,6 +60,10 @@ from loadtest._servers import (
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE_TWISTED = "bare-twisted"  # the CPython-on-Twisted ceiling (loadtest.bare_twisted)
+# kestrelpy-always-mypyc, kestrelpy-periodic-mypyc: the compiled build (setup.py) that
+# `make compiled` installs into a venv of its own; ref rows only, like bare-twisted
+COMPILED = "-mypyc"
+COMPILED_PYTHON = ROOT / ".venv-compiled" / "bin" / "python"
 MB = 1024 * 1024
 
 SYNC_CONFIGS = {
@@ -122,9 +126,10 @@ def applies(scenario: Scenario, server: str) -> bool:
     """Whether ``scenario`` runs on the server column ``server`` (else its cell is "n/a").
 
     Redis speaks RESP, not memcache: it only runs the scenarios whose tool speaks both. The
-    bare Twisted server is a yardstick for the same rows and knows only set and get.
+    bare Twisted server is a yardstick for the same rows and knows only set and get; the
+    compiled build is measured against it there.
     """
-    if server.startswith("redis-") or server == BARE_TWISTED:
+    if server.startswith("redis-") or server == BARE_TWISTED or server.endswith(COMPILED):
         return scenario.redis_too
     return not (scenario.kestrelpy_only and server == "memcached")
 
@@ -497,9 +502,14 @@ def start_server(
         return redis_server(workdir, persistence=persistence, cpu=args.server_cpu).start()
     if name == BARE_TWISTED:
         return bare_twisted_server(_venv_python(), cpu=args.server_cpu).start()
-    sync = name.removeprefix("kestrelpy-")
+    sync = name.removeprefix("kestrelpy-").removesuffix(COMPILED)
     http = scenario is not None and scenario.http
-    return start_kestrelpy(sync, args.server_cpu, args.kestrelpy_cmd, workdir, http=http)
+    command = args.kestrelpy_cmd
+    if name.endswith(COMPILED):
+        if not COMPILED_PYTHON.exists():
+            raise ServerError(f"{COMPILED_PYTHON} not found: `make compiled` builds it")
+        command = [str(COMPILED_PYTHON), "-m", "kestrelpy"]  # run in workdir: not the sources
+    return start_kestrelpy(sync, args.server_cpu, command, workdir, http=http)
 
 
 def run_all(args: argparse.Namespace, plan: list[Scenario]) -> dict[str, dict[str, Outcome]]:
@@ -743,8 +753,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda text: [s for s in text.split(",") if s],
         default=None,
         help="comma list of kestrelpy-always, kestrelpy-periodic, memcached, redis-always, "
-        "redis-none, bare-twisted (default: all but redis-none; Redis and bare-twisted run "
-        "the ref scenarios only)",
+        "redis-none, bare-twisted, kestrelpy-always-mypyc, kestrelpy-periodic-mypyc (default: "
+        "all but redis-none, the -mypyc ones when `make compiled` has built them; Redis, "
+        "bare-twisted and the -mypyc columns run the ref scenarios only)",
     )
     parser.add_argument(
         "--scenarios",
@@ -778,6 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.servers = ["kestrelpy-always", "kestrelpy-periodic"]
         args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
         args.servers.append(BARE_TWISTED)  # the CPython ceiling, ref rows only
+        if COMPILED_PYTHON.exists():
+            args.servers += [f"kestrelpy-{sync}{COMPILED}" for sync in SYNC_CONFIGS]
         if os.path.exists(REDIS_SERVER):
             args.servers.append("redis-always")  # the issue's durable peer, ref rows only
         else:
@@ -789,6 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     known_servers = [f"kestrelpy-{sync}" for sync in SYNC_CONFIGS] + ["memcached"]
     known_servers += [f"redis-{persistence}" for persistence in REDIS_PERSISTENCE]
     known_servers.append(BARE_TWISTED)
+    known_servers += [f"kestrelpy-{sync}{COMPILED}" for sync in SYNC_CONFIGS]
     unknown = [s for s in args.servers if s not in known_servers]
     unknown += [k for k in args.scenarios or () if k not in {s.key for s in plan}]
     if unknown:

@@ -39,8 +39,25 @@ def test_ratios_are_taken_within_a_round_and_targets_counted() -> None:
     assert per_round["redis-always"][10] == [0.1, 0.4]
     assert per_round["kestrelpy-always"][100] == [0.6]  # no memcached, no ratio
     assert targets(per_round) == {
-        "always_vs_redis_at_10": {"met_rounds": 1, "rounds": 2},
-        "always_at_100": {"target": 0.5, "met_rounds": 1, "rounds": 1},
+        "kestrelpy-always": {
+            "always_vs_redis_at_10": {"met_rounds": 1, "rounds": 2},
+            "always_at_100": {"target": 0.5, "met_rounds": 1, "rounds": 1},
+        }
+    }
+
+
+def test_the_compiled_column_gets_its_own_verdicts() -> None:
+    rounds = [
+        {
+            10: {"memcached": 100.0, "redis-always": 10.0, "kestrelpy-always-mypyc": 5.0},
+            100: {"memcached": 200.0, "kestrelpy-always-mypyc": 110.0},
+        }
+    ]
+    assert targets(ratios(rounds)) == {
+        "kestrelpy-always-mypyc": {
+            "always_vs_redis_at_10": {"met_rounds": 0, "rounds": 1},
+            "always_at_100": {"target": 0.5, "met_rounds": 1, "rounds": 1},
+        }
     }
 
 
@@ -56,5 +73,5 @@ def test_one_round_against_real_servers() -> None:
         for connections in ("10", "100"):
             assert result["ratios"][name][connections]["median"] > 0, (name, connections)
     assert result["ratios"]["memcached"]["10"]["median"] == 1.0
-    assert result["targets"]["always_vs_redis_at_10"]["rounds"] == 1
-    assert result["targets"]["always_at_100"]["rounds"] == 1
+    assert result["targets"]["kestrelpy-always"]["always_vs_redis_at_10"]["rounds"] == 1
+    assert result["targets"]["kestrelpy-always"]["always_at_100"]["rounds"] == 1
