@@ -12,7 +12,7 @@ queues live in :mod:`kestrelpy.commands`. It never touches the store or the sock
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from twisted.logger import Logger
 
@@ -88,7 +88,7 @@ class Session:
         "closed",
     )
     __deletable__ = ("_wait",)  # release() deletes it; the compiled build must be told
-    _log = Logger()
+    _log: ClassVar[Logger] = Logger()  # a class attribute in the compiled build too
 
     def __init__(self, ctx: ServerContext, resumer: ReadResumer) -> None:
         self._ctx = ctx

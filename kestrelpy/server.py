@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProducer
 from twisted.internet.protocol import Factory
@@ -100,7 +100,7 @@ class MemcacheConnection:
         "state",
         "transport",
     )
-    _log = Logger()
+    _log: ClassVar[Logger] = Logger()  # a class attribute in the compiled build too
 
     def __init__(
         self, ctx: ServerContext, commits: CommitGate, trimmer: HeapTrimmer | None = None

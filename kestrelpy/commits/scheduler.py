@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import partial
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from twisted.logger import Logger
 
@@ -60,7 +60,7 @@ class CommitScheduler:
     ``commits`` counts the batches committed (failed ones not); ``stats`` times them.
     """
 
-    _log = Logger()
+    _log: ClassVar[Logger] = Logger()  # a class attribute in the compiled build too
 
     def __init__(
         self, committer: Committer, clock: Any, *, sync: SyncPolicy, sync_interval_ms: int

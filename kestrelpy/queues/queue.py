@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from twisted.logger import Logger
 
@@ -40,7 +40,7 @@ class ExpiryHandler(Protocol):
 class Queue(QueueCounters):
     """A durable FIFO queue; its counters are those of :class:`QueueCounters`."""
 
-    _log = Logger()
+    _log: ClassVar[Logger] = Logger()  # a class attribute in the compiled build too
 
     def __init__(
         self,
