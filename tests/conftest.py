@@ -17,6 +17,10 @@ Fixtures:
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +37,43 @@ from kestrelpy.queues.collection import QueueCollection
 from kestrelpy.server import MemcacheConnection, MemcacheFactory
 from kestrelpy.service import KestrelService, ServerContext, make_service
 from kestrelpy.store import Store
+
+# Prints each module named on its command line that this interpreter imports from source.
+_PURE_AMONG = """
+import importlib, sys
+for name in sys.argv[1:]:
+    module = importlib.import_module(name)
+    if not (module.__file__ or "").endswith(".so"):
+        print(name, module.__file__)
+"""
+
+
+def compiled_module_names() -> list[str]:
+    """The modules setup.py compiles, as import names."""
+    setup = (Path(__file__).resolve().parent.parent / "setup.py").read_text(encoding="utf-8")
+    paths = re.findall(r'^    "(kestrelpy/[^"]+)[.]py",$', setup, flags=re.MULTILINE)
+    return [path.replace("/", ".").removesuffix(".__init__") for path in paths]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def servers_are_compiled_when_asked() -> None:
+    """Under ``make test-compiled`` (``KPTEST_EXPECT_COMPILED=1``) the servers the tests start
+    (from this interpreter's install) must run the mypyc build: a pure install would pass
+    them all and prove nothing. Every module of the build is checked."""
+    if os.environ.get("KPTEST_EXPECT_COMPILED") != "1":
+        return
+    names = compiled_module_names()
+    assert len(names) > 20, names  # the list was read, not missed
+    probe = subprocess.run(
+        [sys.executable, "-c", _PURE_AMONG, *names],
+        capture_output=True,
+        text=True,
+        cwd="/",  # the repository's sources must not shadow the install
+        timeout=60,
+        check=True,
+    )
+    assert not probe.stdout.strip(), f"not compiled in this install: {probe.stdout}"
+
 
 DEFAULT_CONFIG = '[server]\nsync = "never"\nexpiration_timer_frequency = "never"\n'
 HARNESS_EPOCH_S = 1_700_000_000  # where a harness clock starts: a plausible "now", in unix s
