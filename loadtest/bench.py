@@ -64,6 +64,7 @@ BARE_TWISTED = "bare-twisted"  # the CPython-on-Twisted ceiling (loadtest.bare_t
 # `make compiled` installs into a venv of its own; ref rows only, like bare-twisted
 COMPILED = "-mypyc"
 COMPILED_PYTHON = ROOT / ".venv-compiled" / "bin" / "python"
+COMPILED_BUILT = ROOT / ".venv-compiled" / ".installed"  # written once the compiled install ends
 MB = 1024 * 1024
 
 SYNC_CONFIGS = {
@@ -78,15 +79,22 @@ def _venv_python() -> str:
 
 
 def start_kestrelpy(
-    sync: str, cpu: int | None, command: Sequence[str], workdir: Path, http: bool = False
+    sync: str,
+    cpu: int | None,
+    command: Sequence[str],
+    workdir: Path,
+    http: bool = False,
+    name: str = "",
 ) -> Server:
     """``kestrelpy serve --port 0`` on a fresh data dir in ``workdir``, pinned to ``cpu``;
-    ``http``: with its HTTP listener on a free port (``server.http_url()``)."""
+    ``http``: with its HTTP listener on a free port (``server.http_url()``); ``name``: how
+    errors name it (default ``kestrelpy-<sync>``)."""
     config = workdir / "server.conf"
     config.write_text(SYNC_CONFIGS[sync], encoding="utf-8")
     data_dir = workdir / "data"
     argv = serve_argv(command, data_dir, config, http="127.0.0.1:0" if http else "")
-    server = Server(argv, name=f"kestrelpy-{sync}", cpu=cpu, cwd=workdir, data_dir=data_dir)
+    label = name or f"kestrelpy-{sync}"
+    server = Server(argv, name=label, cpu=cpu, cwd=workdir, data_dir=data_dir)
     return server.start()
 
 
@@ -506,10 +514,10 @@ def start_server(
     http = scenario is not None and scenario.http
     command = args.kestrelpy_cmd
     if name.endswith(COMPILED):
-        if not COMPILED_PYTHON.exists():
-            raise ServerError(f"{COMPILED_PYTHON} not found: `make compiled` builds it")
+        if not COMPILED_BUILT.exists():
+            raise ServerError("no compiled build in .venv-compiled: `make compiled` builds it")
         command = [str(COMPILED_PYTHON), "-m", "kestrelpy"]  # run in workdir: not the sources
-    return start_kestrelpy(sync, args.server_cpu, command, workdir, http=http)
+    return start_kestrelpy(sync, args.server_cpu, command, workdir, http=http, name=name)
 
 
 def run_all(args: argparse.Namespace, plan: list[Scenario]) -> dict[str, dict[str, Outcome]]:
@@ -789,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.servers = ["kestrelpy-always", "kestrelpy-periodic"]
         args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
         args.servers.append(BARE_TWISTED)  # the CPython ceiling, ref rows only
-        if COMPILED_PYTHON.exists():
+        if COMPILED_BUILT.exists():
             args.servers += [f"kestrelpy-{sync}{COMPILED}" for sync in SYNC_CONFIGS]
         if os.path.exists(REDIS_SERVER):
             args.servers.append("redis-always")  # the issue's durable peer, ref rows only

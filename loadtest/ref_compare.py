@@ -8,7 +8,7 @@ every round, each on a fresh process (the bench's own start_server and ref scena
 takes the ratios to memcached within the round; the report is the median of the per-round
 ratios, their range, and in how many rounds each target held.
 
-    python -m loadtest.ref_compare                      # 3 rounds x 5 s: about 3 minutes
+    python -m loadtest.ref_compare                      # 3 rounds x 5 s: about 4 minutes
     python -m loadtest.ref_compare --rounds 5 --json
 
 Targets (issue 19): kestrelpy ``always`` at least Redis ``appendfsync always`` at 10
@@ -31,7 +31,7 @@ from loadtest._servers import ServerError
 from loadtest.bench import (
     BARE_TWISTED,
     COMPILED,
-    COMPILED_PYTHON,
+    COMPILED_BUILT,
     ref_scenario,
     run_scenario,
     start_server,
@@ -97,22 +97,37 @@ def ratios(rounds: list[dict[int, dict[str, float | None]]]) -> dict[str, dict[i
     return out
 
 
-def targets(per_round: dict[str, dict[int, list[float]]]) -> dict[str, dict[str, Any]]:
+def targets(rounds: list[dict[int, dict[str, float | None]]]) -> dict[str, dict[str, Any]]:
     """Each target, for each ``always`` column measured (pure, and compiled when it ran):
-    rounds where it held, of the rounds that measured both sides."""
-    redis_10 = per_round.get("redis-always", {}).get(10, [])
+    rounds where it held, of the rounds that measured both sides (Redis from the same round:
+    a round where one of them failed does not count)."""
     verdicts: dict[str, dict[str, Any]] = {}
     for name in ALWAYS_COLUMNS:
-        if name not in per_round:
-            continue
-        ours = per_round[name]
-        at_10 = [a >= b for a, b in zip(ours.get(10, []), redis_10, strict=False)]
-        at_100 = [a >= AT_100 for a in ours.get(100, [])]
-        verdicts[name] = {
-            "always_vs_redis_at_10": {"met_rounds": sum(at_10), "rounds": len(at_10)},
-            "always_at_100": {"target": AT_100, "met_rounds": sum(at_100), "rounds": len(at_100)},
-        }
+        at_10: list[bool] = []
+        at_100: list[bool] = []
+        for rates in rounds:
+            ours_10, redis_10 = _ratio(rates, 10, name), _ratio(rates, 10, "redis-always")
+            if ours_10 is not None and redis_10 is not None:
+                at_10.append(ours_10 >= redis_10)
+            if (ours_100 := _ratio(rates, 100, name)) is not None:
+                at_100.append(ours_100 >= AT_100)
+        if at_10 or at_100:
+            verdicts[name] = {
+                "always_vs_redis_at_10": _held(at_10),
+                "always_at_100": {"target": AT_100, **_held(at_100)},
+            }
     return verdicts
+
+
+def _held(verdicts: list[bool]) -> dict[str, int]:
+    return {"met_rounds": sum(verdicts), "rounds": len(verdicts)}
+
+
+def _ratio(rates: dict[int, dict[str, float | None]], connections: int, name: str) -> float | None:
+    """``name``'s rate over memcached's in one round, or None when either is missing."""
+    by_server = rates.get(connections, {})
+    rate, reference = by_server.get(name), by_server.get("memcached")
+    return rate / reference if rate is not None and reference else None
 
 
 def report(
@@ -131,7 +146,7 @@ def report(
             for name, by_conns in per_round.items()
         },
         "per_round_ratios": {n: {str(c): xs for c, xs in b.items()} for n, b in per_round.items()},
-        "targets": targets(per_round),
+        "targets": targets(rounds),
     }
 
 
@@ -166,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--servers",
         type=lambda text: [s for s in text.split(",") if s],
-        default=[*SERVERS, *(COMPILED_SERVERS if COMPILED_PYTHON.exists() else ())],
+        default=[*SERVERS, *(COMPILED_SERVERS if COMPILED_BUILT.exists() else ())],
         help="comma list; memcached is the reference and must be among them (default: "
         f"{','.join(SERVERS)}, and {','.join(COMPILED_SERVERS)} when `make compiled` has "
         "built them)",

@@ -38,7 +38,7 @@ def test_ratios_are_taken_within_a_round_and_targets_counted() -> None:
     assert per_round["kestrelpy-always"][10] == [0.2, 0.2]
     assert per_round["redis-always"][10] == [0.1, 0.4]
     assert per_round["kestrelpy-always"][100] == [0.6]  # no memcached, no ratio
-    assert targets(per_round) == {
+    assert targets(rounds) == {
         "kestrelpy-always": {
             "always_vs_redis_at_10": {"met_rounds": 1, "rounds": 2},
             "always_at_100": {"target": 0.5, "met_rounds": 1, "rounds": 1},
@@ -53,12 +53,21 @@ def test_the_compiled_column_gets_its_own_verdicts() -> None:
             100: {"memcached": 200.0, "kestrelpy-always-mypyc": 110.0},
         }
     ]
-    assert targets(ratios(rounds)) == {
+    assert targets(rounds) == {
         "kestrelpy-always-mypyc": {
             "always_vs_redis_at_10": {"met_rounds": 0, "rounds": 1},
             "always_at_100": {"target": 0.5, "met_rounds": 1, "rounds": 1},
         }
     }
+
+
+def test_a_round_where_redis_failed_is_not_paired_with_another_rounds_redis() -> None:
+    rounds: list[dict[int, dict[str, float | None]]] = [
+        {10: {"memcached": 100.0, "redis-always": None, "kestrelpy-always": 5.0}},
+        {10: {"memcached": 100.0, "redis-always": 10.0, "kestrelpy-always": 20.0}},
+    ]
+    verdict = targets(rounds)["kestrelpy-always"]["always_vs_redis_at_10"]
+    assert verdict == {"met_rounds": 1, "rounds": 1}  # round 1 alone: 0.2 >= 0.1
 
 
 def test_one_round_against_real_servers() -> None:
