@@ -35,6 +35,7 @@ from kestrelpy.kombu.transport import UnroutableError
 from loadtest._servers import free_port
 
 from .conftest import ServerFactory, ServerProcess, drain, subprocess_env, wait_until
+from .kombu_support import broker_url, publish
 
 HERE = Path(__file__).resolve().parent
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -42,11 +43,6 @@ READY_TIMEOUT_S = 30.0  # a cold worker imports Celery on a shared 2-core machin
 RESULT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 QUIET_WORKER = ("--without-gossip", "--without-mingle", "--without-heartbeat")
-
-
-def broker_url(*servers: ServerProcess) -> str:
-    """``kestrelpy://h:p//``, or with several servers ``kestrelpy://h1:p1;h2:p2//``."""
-    return "kestrelpy://" + ";".join(f"{s.host}:{s.port}" for s in servers) + "//"
 
 
 class Worker:
@@ -307,11 +303,7 @@ def test_acks_out_of_order_close_the_right_items(server: ServerProcess) -> None:
     ack the third. Only the first is back, and nothing stays open. Acks are immediate: the
     server shows the closes without another read."""
     url = broker_url(server)
-    with Connection(url) as producer_conn:
-        queue = producer_conn.SimpleQueue("ooo")
-        for i in range(4):
-            queue.put({"n": i})
-        queue.close()
+    publish(url, "ooo", ({"n": i} for i in range(4)))
     with Connection(url) as conn:
         queue = conn.SimpleQueue("ooo")
         queue.consumer.qos(prefetch_count=4)

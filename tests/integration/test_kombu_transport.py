@@ -21,13 +21,9 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 import kestrelpy.kombu  # noqa: F401  (registers kestrelpy://)
 
 from .conftest import ServerFactory, ServerProcess, wait_until
+from .kombu_support import broker_url, publish
 
 WAIT_S = 10.0  # a deadline for anything that should happen at once
-
-
-def broker_url(*servers: ServerProcess) -> str:
-    """``kestrelpy://h:p//``, or with several servers ``kestrelpy://h1:p1;h2:p2//``."""
-    return "kestrelpy://" + ";".join(f"{s.host}:{s.port}" for s in servers) + "//"
 
 
 def queue_stat(server: ServerProcess, queue: str, key: str) -> int:
@@ -89,11 +85,7 @@ def test_messages_on_the_second_server_do_not_each_wait_out_a_read_on_the_first(
     client's first server: without a pass over every server first, each message on the
     second one came only after a whole blocking read (8 s here) on the first."""
     first, second = server_factory(), server_factory()
-    with Connection(broker_url(second)) as producer:
-        queue = producer.SimpleQueue("lat")
-        for i in range(4):
-            queue.put({"i": i})
-        queue.close()
+    publish(broker_url(second), "lat", ({"i": i} for i in range(4)))
     with Connection(broker_url(first, second)) as conn:
         queue = conn.SimpleQueue("lat")
         queue.consumer.qos(prefetch_count=4)
@@ -118,11 +110,7 @@ def test_a_hung_server_costs_one_timeout_not_one_per_message(
     with socket.socket() as hung:
         hung.bind(("127.0.0.1", 0))
         hung.listen(64)  # the backlog accepts; nobody ever answers
-        with Connection(broker_url(good)) as producer:
-            queue = producer.SimpleQueue("bh")
-            for i in range(6):
-                queue.put({"i": i})
-            queue.close()
+        publish(broker_url(good), "bh", ({"i": i} for i in range(6)))
         url = f"kestrelpy://127.0.0.1:{hung.getsockname()[1]};{good.host}:{good.port}//"
         with Connection(url, transport_options={"timeout_s": 1.0}) as conn:
             queue = conn.SimpleQueue("bh")
@@ -292,11 +280,7 @@ def test_max_held_bounds_unacked_messages_when_prefetch_sets_no_limit(
     """A consumer without ``qos`` (prefetch 0) held one connection per unacked message,
     without end; ``max_held`` caps it, and an ack makes room for one more."""
     url = broker_url(server)
-    with Connection(url) as producer:
-        queue = producer.SimpleQueue("pf0")
-        for i in range(10):
-            queue.put({"i": i})
-        queue.close()
+    publish(url, "pf0", ({"i": i} for i in range(10)))
     with Connection(url, transport_options={"max_held": 3}) as conn:
         held: list[Any] = []
         Consumer(conn.channel(), [Queue("pf0")], callbacks=[lambda _b, m: held.append(m)]).consume()
