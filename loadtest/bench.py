@@ -71,6 +71,7 @@ SYNC_CONFIGS = {
     "always": '[server]\nsync = "always"\n',
     "periodic": '[server]\nsync = "periodic"\nsync_interval_ms = 50\n',
 }
+COMPILED_SERVERS = tuple(f"kestrelpy-{sync}{COMPILED}" for sync in SYNC_CONFIGS)
 
 
 def _venv_python() -> str:
@@ -798,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
         args.servers.append(BARE_TWISTED)  # the CPython ceiling, ref rows only
         if COMPILED_BUILT.exists():
-            args.servers += [f"kestrelpy-{sync}{COMPILED}" for sync in SYNC_CONFIGS]
+            args.servers += COMPILED_SERVERS
         if os.path.exists(REDIS_SERVER):
             args.servers.append("redis-always")  # the durable peer, ref rows only
         else:
@@ -810,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     known_servers = [f"kestrelpy-{sync}" for sync in SYNC_CONFIGS] + ["memcached"]
     known_servers += [f"redis-{persistence}" for persistence in REDIS_PERSISTENCE]
     known_servers.append(BARE_TWISTED)
-    known_servers += [f"kestrelpy-{sync}{COMPILED}" for sync in SYNC_CONFIGS]
+    known_servers += COMPILED_SERVERS
     unknown = [s for s in args.servers if s not in known_servers]
     unknown += [k for k in args.scenarios or () if k not in {s.key for s in plan}]
     if unknown:

@@ -32,13 +32,13 @@ from loadtest.bench import (
     BARE_TWISTED,
     COMPILED,
     COMPILED_BUILT,
+    COMPILED_SERVERS,
     ref_scenario,
     run_scenario,
     start_server,
 )
 
 SERVERS = ("memcached", "redis-always", "kestrelpy-always", "kestrelpy-periodic", BARE_TWISTED)
-COMPILED_SERVERS = (f"kestrelpy-always{COMPILED}", f"kestrelpy-periodic{COMPILED}")
 ALWAYS_COLUMNS = ("kestrelpy-always", f"kestrelpy-always{COMPILED}")  # the targets' subjects
 CONNECTIONS = (10, 100)
 AT_100 = 0.50  # kestrelpy always vs memcached at 100 connections
