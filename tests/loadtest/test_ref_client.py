@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from lt_harness import ROOT, run_quick_bench
 
 from loadtest._servers import Server, bare_twisted_server, redis_server
@@ -85,8 +86,9 @@ def test_bench_shows_redis_in_the_ref_rows_and_na_elsewhere(tmp_path: Path) -> N
     assert "| C ref client, 10 conns (5+5), 64 B set/get (Redis: LPUSH/RPOP) | ops/s | " in text
 
 
-def test_bare_twisted_serves_the_ref_load_and_runs_only_the_ref_rows() -> None:
-    server = bare_twisted_server(sys.executable).start()
+@pytest.mark.parametrize("write", ["prompt", "twisted"])
+def test_bare_twisted_serves_the_ref_load_and_runs_only_the_ref_rows(write: str) -> None:
+    server = bare_twisted_server(sys.executable, write=write).start()
     try:
         report = run_ref_client(server)
     finally:
