@@ -38,13 +38,17 @@ from kestrelpy.server import MemcacheConnection, MemcacheFactory
 from kestrelpy.service import KestrelService, ServerContext, make_service
 from kestrelpy.store import Store
 
-# Prints each module named on its command line that this interpreter imports from source.
+# Prints each module named on its command line that this interpreter imports from source,
+# and the connection class if mypyc made it a plain Python class (a class decorator does).
 _PURE_AMONG = """
 import importlib, sys
 for name in sys.argv[1:]:
     module = importlib.import_module(name)
     if not (module.__file__ or "").endswith(".so"):
         print(name, module.__file__)
+from kestrelpy.server import MemcacheConnection
+if not hasattr(MemcacheConnection, "__mypyc_attrs__"):
+    print("kestrelpy.server.MemcacheConnection is not a native class")
 """
 
 
@@ -59,7 +63,8 @@ def compiled_module_names() -> list[str]:
 def servers_are_compiled_when_asked() -> None:
     """Under ``make test-compiled`` (``KPTEST_EXPECT_COMPILED=1``) the servers the tests start
     (from this interpreter's install) must run the mypyc build: a pure install would pass
-    them all and prove nothing. Every module of the build is checked."""
+    them all and prove nothing. Every module of the build is checked, and that the
+    connection is a native class (the request path calls into it most)."""
     if os.environ.get("KPTEST_EXPECT_COMPILED") != "1":
         return
     names = compiled_module_names()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import DEFAULT_CONFIG, Conn, Harness, TcpStringTransport
+from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProducer
 from twisted.internet.task import Clock
 
 from kestrelpy import __version__
@@ -88,6 +89,16 @@ def write_order(**conns: Conn) -> list[str]:
 
 def queue_stat(harness: Harness, queue: str, key: str) -> object:
     return getattr(harness.collection.get(queue), key)
+
+
+def test_a_connection_provides_the_interfaces_twisted_asks_for(kp: MakeHarness) -> None:
+    # Declared with classImplements after the class (a decorator would keep mypyc from
+    # compiling it as a native class): Twisted adapts a protocol by what it provides.
+    proto = kp().connect().proto
+    assert IProtocol.providedBy(proto)
+    assert IPushProducer.providedBy(proto)
+    assert ILoggingContext.providedBy(proto)
+    assert proto.logPrefix() == "MemcacheConnection"
 
 
 # -------------------------------------------------------------------- commit gating
