@@ -83,7 +83,7 @@ class MemcacheConnection:
     has no ``__slots__``: slotted, a connection has no instance dict (idle readers are
     many: about 40 B each). The interfaces are declared after the class, not with
     ``@implementer``: mypyc compiles a class with a decorator as a plain Python class, and
-    as a native one the compiled build serves 4-16% more requests per second (its calls
+    as a native one the compiled build serves 2-16% more requests per second (its calls
     into the connection skip the method lookup by name; issue 19, loadtest/RESULTS.md).
     """
 
