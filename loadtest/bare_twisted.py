@@ -1,4 +1,4 @@
-"""bare_twisted: the CPython ceiling for the ref scenarios, a queue server with nothing else.
+"""bare_twisted: the CPython-on-Twisted ceiling for the ref scenarios, a bare queue server.
 
 ``python -m loadtest.bare_twisted --port N`` serves ``set <q> <flags> <exptime> <bytes>`` and
 ``get <q>`` on 127.0.0.1 from one dict of in-memory deques, on the epoll reactor kestrelpy
@@ -7,7 +7,7 @@ log context), answering every complete request of a read with one write, sent th
 kestrelpy sends (``kestrelpy.reactor.write_promptly``: straight to an idle socket;
 ``--write twisted`` for Twisted's buffered ``write``, which registers for writability and
 sends a loop turn later: 0.38-0.42x of memcached at 100 connections here against
-0.64-0.69x): no store, no options, no checks beyond framing. What it reaches at 10 and 100
+0.61-0.71x): no store, no options, no checks beyond framing. What it reaches at 10 and 100
 connections is what any server in CPython on Twisted can reach on this machine (issue 19's
 "bare Twisted in-memory server"), so the bench shows kestrelpy as a share of it beside
 memcached and Redis.
@@ -86,6 +86,11 @@ class BareFactory(Factory):
         return BareQueue(self.queues, self.prompt)
 
 
+def factory_for(write: str) -> BareFactory:
+    """The factory for ``--write``: ``prompt`` (as kestrelpy sends) or ``twisted``."""
+    return BareFactory(prompt=write == "prompt")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bare_twisted", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
@@ -102,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epollreactor.install()
     from twisted.internet import reactor
 
-    factory = BareFactory(prompt=args.write == "prompt")
+    factory = factory_for(args.write)
     port = reactor.listenTCP(args.port, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"listening on 127.0.0.1:{port.getHost().port}", file=sys.stderr, flush=True)
     reactor.run()  # type: ignore[attr-defined]

@@ -39,16 +39,21 @@ from kestrelpy.service import KestrelService, ServerContext, make_service
 from kestrelpy.store import Store
 
 # Prints each module named on its command line that this interpreter imports from source,
-# and the connection class if mypyc made it a plain Python class (a class decorator does).
+# and the connection class if mypyc made it a plain Python class (a class decorator does)
+# or it lost the interfaces declared after it.
 _PURE_AMONG = """
 import importlib, sys
 for name in sys.argv[1:]:
     module = importlib.import_module(name)
     if not (module.__file__ or "").endswith(".so"):
         print(name, module.__file__)
+from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProducer
 from kestrelpy.server import MemcacheConnection
 if not hasattr(MemcacheConnection, "__mypyc_attrs__"):
     print("kestrelpy.server.MemcacheConnection is not a native class")
+for interface in (IProtocol, IPushProducer, ILoggingContext):
+    if not interface.implementedBy(MemcacheConnection):
+        print("kestrelpy.server.MemcacheConnection does not declare", interface.__name__)
 """
 
 
