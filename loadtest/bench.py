@@ -74,6 +74,11 @@ SYNC_CONFIGS = {
 COMPILED_SERVERS = tuple(f"kestrelpy-{sync}{COMPILED}" for sync in SYNC_CONFIGS)
 
 
+def built_compiled_servers() -> tuple[str, ...]:
+    """The ``-mypyc`` columns when ``make compiled`` has built them (run by default then)."""
+    return COMPILED_SERVERS if COMPILED_BUILT.exists() else ()
+
+
 def _venv_python() -> str:
     candidate = ROOT / ".venv" / "bin" / "python"
     return str(candidate) if candidate.exists() else sys.executable
@@ -798,8 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.servers = ["kestrelpy-always", "kestrelpy-periodic"]
         args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
         args.servers.append(BARE_TWISTED)  # the CPython ceiling, ref rows only
-        if COMPILED_BUILT.exists():
-            args.servers += COMPILED_SERVERS
+        args.servers += built_compiled_servers()
         if os.path.exists(REDIS_SERVER):
             args.servers.append("redis-always")  # the issue's durable peer, ref rows only
         else:

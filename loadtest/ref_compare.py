@@ -31,8 +31,8 @@ from loadtest._servers import ServerError
 from loadtest.bench import (
     BARE_TWISTED,
     COMPILED,
-    COMPILED_BUILT,
     COMPILED_SERVERS,
+    built_compiled_servers,
     ref_scenario,
     run_scenario,
     start_server,
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--servers",
         type=lambda text: [s for s in text.split(",") if s],
-        default=[*SERVERS, *(COMPILED_SERVERS if COMPILED_BUILT.exists() else ())],
+        default=[*SERVERS, *built_compiled_servers()],
         help="comma list; memcached is the reference and must be among them (default: "
         f"{','.join(SERVERS)}, and {','.join(COMPILED_SERVERS)} when `make compiled` has "
         "built them)",
