@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 
@@ -28,15 +29,24 @@ STORED = b"STORED\r\n"
 END = b"END\r\n"
 
 Queues = defaultdict[bytes, deque[tuple[bytes, bytes]]]
+Send = Callable[[Any, bytes], None]  # (transport, reply): how a reply goes out
+
+
+def buffered_write(transport: Any, data: bytes) -> None:
+    """Twisted's own way: queue the reply and register for writability."""
+    transport.write(data)
+
+
+SENDS: dict[str, Send] = {"prompt": write_promptly, "twisted": buffered_write}
 
 
 class BareQueue(Protocol):
     """Parses whole requests out of each read; a partial one waits in ``buffer``."""
 
-    def __init__(self, queues: Queues, prompt: bool) -> None:
+    def __init__(self, queues: Queues, send: Send) -> None:
         self.queues = queues
         self.buffer = b""
-        self.prompt = prompt
+        self.send = send
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self.buffer + data if self.buffer else data
@@ -65,12 +75,8 @@ class BareQueue(Protocol):
                 replies.append(b"ERROR\r\n")
             at = line_end + 2
         self.buffer = buffer[at:]
-        if not replies:
-            return
-        if self.prompt:
-            write_promptly(self.transport, b"".join(replies))
-        else:
-            self.transport.write(b"".join(replies))
+        if replies:
+            self.send(self.transport, b"".join(replies))
 
 
 class BareFactory(Factory):
@@ -78,24 +84,24 @@ class BareFactory(Factory):
 
     noisy = False
 
-    def __init__(self, prompt: bool) -> None:
+    def __init__(self, send: Send) -> None:
         self.queues: Queues = defaultdict(deque)
-        self.prompt = prompt
+        self.send = send
 
     def buildProtocol(self, addr: object) -> BareQueue:
-        return BareQueue(self.queues, self.prompt)
+        return BareQueue(self.queues, self.send)
 
 
 def factory_for(write: str) -> BareFactory:
     """The factory for ``--write``: ``prompt`` (as kestrelpy sends) or ``twisted``."""
-    return BareFactory(prompt=write == "prompt")
+    return BareFactory(SENDS[write])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bare_twisted", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument("--reactor", choices=("epoll", "twisted-epoll"), default="epoll")
-    parser.add_argument("--write", choices=("prompt", "twisted"), default="prompt")
+    parser.add_argument("--write", choices=tuple(SENDS), default="prompt")
     args = parser.parse_args(argv)
     if args.reactor == "epoll":
         from kestrelpy.reactor import install
