@@ -154,12 +154,19 @@ def redis_server(workdir: Path, *, persistence: str = "always", cpu: int | None 
     return Server(argv, name=f"redis-{persistence}", port=port, cpu=cpu, cwd=workdir)
 
 
-def bare_twisted_server(python: str, *, cpu: int | None = None, write: str = "prompt") -> Server:
+def bare_twisted_server(
+    python: str, *, cpu: int | None = None, write: str = "prompt", log_dir: Path | None = None
+) -> Server:
     """``loadtest.bare_twisted`` (the CPython-on-Twisted ceiling) run by ``python`` on a free
     loopback port, not started; it announces its port as kestrelpy does. ``write`` is its
-    ``--write``: ``prompt`` sends as kestrelpy does, ``twisted`` through Twisted's buffer."""
+    ``--write``: ``prompt`` sends as kestrelpy does, ``twisted`` through Twisted's buffer.
+    With ``log_dir`` it is durable (``--log``): the floor under any durable server here."""
     argv = [python, "-m", "loadtest.bare_twisted", "--port", "0", "--write", write]
-    return Server(argv, name="bare-twisted", cpu=cpu, cwd=Path(__file__).resolve().parent.parent)
+    name = "bare-twisted"
+    if log_dir is not None:
+        argv += ["--log", str(log_dir)]
+        name += "-log"
+    return Server(argv, name=name, cpu=cpu, cwd=Path(__file__).resolve().parent.parent)
 
 
 @contextlib.contextmanager

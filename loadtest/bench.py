@@ -15,7 +15,9 @@ at run time), the yardstick of the performance targets, and also run against Red
 (``redis-always``: LPUSH/RPOP, AOF with ``appendfsync always``; ``redis-none``: no
 persistence), the durable peer, and against ``bare-twisted`` (loadtest/bare_twisted.py: set
 and get over in-memory deques on Twisted's epoll reactor, the CPython ceiling any server on
-Twisted shares); both show "n/a" in every other scenario.
+Twisted shares) and ``bare-twisted-log`` (the same with every set flushed to a log before its
+reply, one ``fdatasync`` per reactor turn: the floor under any durable server on Twisted);
+all of them show "n/a" in every other scenario.
 
 The celery scenario (kestrelpy only) runs Celery workers against the column's kestrelpy
 and against a Redis it starts itself (loadtest/celery_bench.py), in the same run.
@@ -60,6 +62,8 @@ from loadtest._servers import (
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE_TWISTED = "bare-twisted"  # the CPython-on-Twisted ceiling (loadtest.bare_twisted)
+BARE_TWISTED_LOG = "bare-twisted-log"  # the same, durable (--log): the floor under `always`
+BARE_SERVERS = (BARE_TWISTED, BARE_TWISTED_LOG)
 # kestrelpy-always-mypyc, kestrelpy-periodic-mypyc: the compiled build (setup.py) that
 # `make compiled` installs into a venv of its own; ref rows only, like bare-twisted
 COMPILED = "-mypyc"
@@ -143,7 +147,7 @@ def applies(scenario: Scenario, server: str) -> bool:
     bare Twisted server is a yardstick for the same rows and knows only set and get; the
     compiled build is measured against it there.
     """
-    if server.startswith("redis-") or server == BARE_TWISTED or server.endswith(COMPILED):
+    if server.startswith("redis-") or server in BARE_SERVERS or server.endswith(COMPILED):
         return scenario.redis_too
     return not (scenario.kestrelpy_only and server == "memcached")
 
@@ -514,8 +518,9 @@ def start_server(
     if name.startswith("redis-"):
         persistence = name.removeprefix("redis-")
         return redis_server(workdir, persistence=persistence, cpu=args.server_cpu).start()
-    if name == BARE_TWISTED:
-        return bare_twisted_server(_venv_python(), cpu=args.server_cpu).start()
+    if name in BARE_SERVERS:
+        log_dir = workdir if name == BARE_TWISTED_LOG else None
+        return bare_twisted_server(_venv_python(), cpu=args.server_cpu, log_dir=log_dir).start()
     sync = name.removeprefix("kestrelpy-").removesuffix(COMPILED)
     http = scenario is not None and scenario.http
     command = args.kestrelpy_cmd
@@ -628,6 +633,8 @@ def results_table(
 def _column(name: str) -> str:
     if name == BARE_TWISTED:
         return "bare Twisted (ceiling)"
+    if name == BARE_TWISTED_LOG:
+        return "bare Twisted, durable (floor)"
     if name.startswith("redis-"):
         persistence = name.removeprefix("redis-")
         return "Redis (no persistence)" if persistence == "none" else f"Redis ({persistence})"
@@ -767,9 +774,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda text: [s for s in text.split(",") if s],
         default=None,
         help="comma list of kestrelpy-always, kestrelpy-periodic, memcached, redis-always, "
-        "redis-none, bare-twisted, kestrelpy-always-mypyc, kestrelpy-periodic-mypyc (default: "
-        "all but redis-none, the -mypyc ones when `make compiled` has built them; Redis, "
-        "bare-twisted and the -mypyc columns run the ref scenarios only)",
+        "redis-none, bare-twisted, bare-twisted-log, kestrelpy-always-mypyc, "
+        "kestrelpy-periodic-mypyc (default: all but redis-none, the -mypyc ones when `make "
+        "compiled` has built them; Redis, the bare-twisted ones and the -mypyc columns run "
+        "the ref scenarios only)",
     )
     parser.add_argument(
         "--scenarios",
@@ -802,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.servers is None:
         args.servers = ["kestrelpy-always", "kestrelpy-periodic"]
         args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
-        args.servers.append(BARE_TWISTED)  # the CPython ceiling, ref rows only
+        args.servers += BARE_SERVERS  # the CPython ceiling and durable floor, ref rows only
         args.servers += built_compiled_servers()
         if os.path.exists(REDIS_SERVER):
             args.servers.append("redis-always")  # the issue's durable peer, ref rows only
@@ -814,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = scenarios(args.full, args.quick)
     known_servers = [f"kestrelpy-{sync}" for sync in SYNC_CONFIGS] + ["memcached"]
     known_servers += [f"redis-{persistence}" for persistence in REDIS_PERSISTENCE]
-    known_servers.append(BARE_TWISTED)
+    known_servers += BARE_SERVERS
     known_servers += COMPILED_SERVERS
     unknown = [s for s in args.servers if s not in known_servers]
     unknown += [k for k in args.scenarios or () if k not in {s.key for s in plan}]

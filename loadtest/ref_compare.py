@@ -8,7 +8,7 @@ every round, each on a fresh process (the bench's own start_server and ref scena
 takes the ratios to memcached within the round; the report is the median of the per-round
 ratios, their range, and in how many rounds each target held.
 
-    python -m loadtest.ref_compare                      # 3 rounds x 5 s: about 4 minutes
+    python -m loadtest.ref_compare                      # 3 rounds x 5 s: about 10 minutes
     python -m loadtest.ref_compare --rounds 5 --json
 
 Targets (issue 19): kestrelpy ``always`` at least Redis ``appendfsync always`` at 10
@@ -29,7 +29,7 @@ from typing import Any
 
 from loadtest._servers import ServerError
 from loadtest.bench import (
-    BARE_TWISTED,
+    BARE_SERVERS,
     COMPILED,
     COMPILED_SERVERS,
     built_compiled_servers,
@@ -38,7 +38,7 @@ from loadtest.bench import (
     start_server,
 )
 
-SERVERS = ("memcached", "redis-always", "kestrelpy-always", "kestrelpy-periodic", BARE_TWISTED)
+SERVERS = ("memcached", "redis-always", "kestrelpy-always", "kestrelpy-periodic", *BARE_SERVERS)
 ALWAYS_COLUMNS = ("kestrelpy-always", f"kestrelpy-always{COMPILED}")  # the targets' subjects
 CONNECTIONS = (10, 100)
 AT_100 = 0.50  # kestrelpy always vs memcached at 100 connections

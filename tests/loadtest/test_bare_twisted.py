@@ -1,19 +1,24 @@
-"""The bare Twisted ceiling server: which write path its ``--write`` choice takes.
+"""The bare Twisted ceiling server: which write path its ``--write`` choice takes, and that
+its durable mode (``--log``) answers a set only once the log holds it.
 
 A transport with a real connected socket beside Twisted's own buffer (a ``StringTransport``):
 the prompt write must put the reply on the socket and leave the buffer empty, Twisted's
-buffered write the other way round, so the column measures the path it names.
+buffered write the other way round, so the column measures the path it names. The durable
+mode runs its writer thread on the real reactor, with its log in a real file.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
 from twisted.internet.testing import StringTransport
 
-from loadtest.bare_twisted import factory_for
+from loadtest.bare_twisted import BareQueue, factory_for
 
 REQUESTS = b"set q 0 0 2\r\nhi\r\nget q\r\nget q\r\n"
 REPLIES = b"STORED\r\nVALUE q 0 2\r\nhi\r\nEND\r\nEND\r\n"
@@ -40,12 +45,37 @@ def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     peer.close()
 
 
+@pytest.fixture
+def durable(
+    socket_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> Iterator[BareQueue]:
+    """A durable connection on the real reactor, its log in ``tmp_path``; closed after."""
+    factory = factory_for("prompt", tmp_path, reactor)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(SocketTransport(socket_pair[0]))
+    yield protocol
+    assert factory.log is not None
+    factory.log.close()
+
+
 def serve(write: str, ours: socket.socket) -> SocketTransport:
     protocol = factory_for(write).buildProtocol(None)
     transport = SocketTransport(ours)
     protocol.makeConnection(transport)
     protocol.dataReceived(REQUESTS)
     return transport
+
+
+def nothing_sent(peer: socket.socket) -> bool:
+    peer.setblocking(False)
+    try:
+        peer.recv(4096)
+    except BlockingIOError:
+        return True
+    finally:
+        peer.setblocking(True)
+        peer.settimeout(5)
+    return False
 
 
 def test_the_prompt_write_sends_on_the_socket(
@@ -66,3 +96,32 @@ def test_the_twisted_write_goes_through_twisteds_buffer(
     peer.setblocking(False)
     with pytest.raises(BlockingIOError):
         peer.recv(4096)  # nothing was sent past Twisted's buffer
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_durable_mode_answers_a_set_after_its_log_holds_it(
+    durable: BareQueue, socket_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    protocol, peer = durable, socket_pair[1]
+    protocol.dataReceived(b"set q 0 0 5\r\nhello\r\n")
+    assert nothing_sent(peer)  # held for the writer thread's flush
+    reply = await threads.deferToThread(peer.recv, 4096)  # peer times out after 5 s
+    assert reply == b"STORED\r\n"
+    assert b"+q 5\nhello" in (tmp_path / "bare.log").read_bytes()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_durable_mode_answers_a_get_at_once_unless_a_set_reply_is_held(
+    durable: BareQueue, socket_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    protocol, peer = durable, socket_pair[1]
+    protocol.dataReceived(b"get q\r\n")
+    assert peer.recv(4096) == b"END\r\n"  # sent before dataReceived returned
+    protocol.dataReceived(b"set q 0 0 2\r\nhi\r\n")
+    protocol.dataReceived(b"get q\r\n")
+    assert nothing_sent(peer)  # the get's reply waits behind the held STORED
+    got = b""
+    while len(got) < len(b"STORED\r\nVALUE q 0 2\r\nhi\r\nEND\r\n"):
+        got += await threads.deferToThread(peer.recv, 4096)
+    assert got == b"STORED\r\nVALUE q 0 2\r\nhi\r\nEND\r\n"
+    assert protocol.waiting == 0

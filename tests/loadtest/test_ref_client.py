@@ -18,7 +18,7 @@ import pytest
 from lt_harness import ROOT, run_quick_bench
 
 from loadtest._servers import Server, bare_twisted_server, redis_server
-from loadtest.bench import BARE_TWISTED, applies, scenarios, start_kestrelpy
+from loadtest.bench import BARE_SERVERS, applies, scenarios, start_kestrelpy
 
 RUN_TIMEOUT_S = 90  # gcc, connecting, a 1 s run and exit on a busy 2-core machine
 
@@ -86,14 +86,22 @@ def test_bench_shows_redis_in_the_ref_rows_and_na_elsewhere(tmp_path: Path) -> N
     assert "| C ref client, 10 conns (5+5), 64 B set/get (Redis: LPUSH/RPOP) | ops/s | " in text
 
 
-@pytest.mark.parametrize("write", ["prompt", "twisted"])
-def test_bare_twisted_serves_the_ref_load_and_runs_only_the_ref_rows(write: str) -> None:
-    server = bare_twisted_server(sys.executable, write=write).start()
+@pytest.mark.parametrize(
+    ("write", "durable"), [("prompt", False), ("twisted", False), ("prompt", True)]
+)
+def test_bare_twisted_serves_the_ref_load_and_runs_only_the_ref_rows(
+    write: str, durable: bool, tmp_path: Path
+) -> None:
+    log_dir = tmp_path if durable else None
+    server = bare_twisted_server(sys.executable, write=write, log_dir=log_dir).start()
     try:
         report = run_ref_client(server)
     finally:
         server.stop()
     assert_sane(report, "memcache")
     assert report["hits"] > 0
+    if durable:
+        assert (tmp_path / "bare.log").read_bytes()[:1] in (b"+", b"-")  # a record, not zeros
     plan = {s.key: s for s in scenarios(full=False, quick=True)}
-    assert {key for key, s in plan.items() if applies(s, BARE_TWISTED)} == {"ref10", "ref100"}
+    for name in BARE_SERVERS:
+        assert {key for key, s in plan.items() if applies(s, name)} == {"ref10", "ref100"}
