@@ -16,7 +16,7 @@ at run time), the yardstick of the performance targets, and also run against Red
 persistence), the durable peer, and against ``bare-twisted`` (loadtest/bare_twisted.py: set
 and get over in-memory deques on Twisted's epoll reactor, the CPython ceiling any server on
 Twisted shares) and ``bare-twisted-log`` (the same with every set flushed to a log before its
-reply, one ``fdatasync`` per reactor turn: the floor under any durable server on Twisted);
+reply, one ``fdatasync`` per reactor turn: the ceiling of any durable server on Twisted);
 all of them show "n/a" in every other scenario.
 
 The celery scenario (kestrelpy only) runs Celery workers against the column's kestrelpy
@@ -62,7 +62,7 @@ from loadtest._servers import (
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE_TWISTED = "bare-twisted"  # the CPython-on-Twisted ceiling (loadtest.bare_twisted)
-BARE_TWISTED_LOG = "bare-twisted-log"  # the same, durable (--log): the floor under `always`
+BARE_TWISTED_LOG = "bare-twisted-log"  # the same, durable (--log): `always`'s ceiling
 BARE_SERVERS = (BARE_TWISTED, BARE_TWISTED_LOG)
 # kestrelpy-always-mypyc, kestrelpy-periodic-mypyc: the compiled build (setup.py) that
 # `make compiled` installs into a venv of its own; ref rows only, like bare-twisted
@@ -634,7 +634,7 @@ def _column(name: str) -> str:
     if name == BARE_TWISTED:
         return "bare Twisted (ceiling)"
     if name == BARE_TWISTED_LOG:
-        return "bare Twisted, durable (floor)"
+        return "bare Twisted, durable (ceiling)"
     if name.startswith("redis-"):
         persistence = name.removeprefix("redis-")
         return "Redis (no persistence)" if persistence == "none" else f"Redis ({persistence})"
@@ -810,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.servers is None:
         args.servers = ["kestrelpy-always", "kestrelpy-periodic"]
         args.servers += ["memcached"] if os.path.exists(MEMCACHED) else []
-        args.servers += BARE_SERVERS  # the CPython ceiling and durable floor, ref rows only
+        args.servers += BARE_SERVERS  # the CPython ceilings, in memory and durable; ref rows only
         args.servers += built_compiled_servers()
         if os.path.exists(REDIS_SERVER):
             args.servers.append("redis-always")  # the issue's durable peer, ref rows only

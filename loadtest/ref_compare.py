@@ -8,7 +8,7 @@ every round, each on a fresh process (the bench's own start_server and ref scena
 takes the ratios to memcached within the round; the report is the median of the per-round
 ratios, their range, and in how many rounds each target held.
 
-    python -m loadtest.ref_compare                      # 3 rounds x 5 s: about 10 minutes
+    python -m loadtest.ref_compare                      # 3 rounds x 5 s: about 5 minutes
     python -m loadtest.ref_compare --rounds 5 --json
 
 Targets (issue 19): kestrelpy ``always`` at least Redis ``appendfsync always`` at 10
