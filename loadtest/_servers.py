@@ -160,7 +160,8 @@ def bare_twisted_server(
     """``loadtest.bare_twisted`` (the CPython-on-Twisted ceiling) run by ``python`` on a free
     loopback port, not started; it announces its port as kestrelpy does. ``write`` is its
     ``--write``: ``prompt`` sends as kestrelpy does, ``twisted`` through Twisted's buffer.
-    With ``log_dir`` it is durable (``--log``): the ceiling of any durable server here."""
+    With ``log_dir`` it is durable (``--log``): about the most a durable server on
+    CPython and Twisted reaches here."""
     argv = [python, "-m", "loadtest.bare_twisted", "--port", "0", "--write", write]
     name = "bare-twisted"
     if log_dir is not None:

@@ -12,15 +12,15 @@ connections is what any server in CPython on Twisted can reach on this machine (
 "bare Twisted in-memory server"), so the bench shows kestrelpy as a share of it beside
 memcached and Redis.
 
-``--log DIR`` makes it durable the cheapest way this stack allows, the shape of Redis's
-``appendfsync always``: every set is appended to a log file written in place over zeros
-(so ``fdatasync`` flushes data, never the file's size or extents); a writer thread writes
-each reactor turn's records and flushes them with one ``fdatasync`` while the reactor
-gathers the next turn's; a read holding a set is answered only after the flush that covers
-it (gets append their removal to the log and answer at once, as kestrelpy's do). One flush
-per group and no index or item ids: about the most a durable server on this stack can
-reach, kestrelpy's ``always`` included. It writes and never reads the log back: a
-yardstick, not a store.
+``--log DIR`` makes it durable as cheaply as this stack allows, close to the shape of
+Redis's ``appendfsync always``: every set (and every removal) is appended to a log file
+written in place over zeros (so ``fdatasync`` flushes data, never the file's size or
+extents); a writer thread writes the records gathered since its last flush began and
+flushes them with one ``fdatasync`` while the reactor gathers the next group (at most one
+flush in flight); a read holding a set is answered only after the flush that covers it,
+and a get-only read at once, as kestrelpy answers (Redis holds every reply of a turn). No
+index or item ids: about the most a durable server on this stack can reach, kestrelpy's
+``always`` included. It writes and never reads the log back: a yardstick, not a store.
 """
 
 from __future__ import annotations
@@ -56,17 +56,22 @@ SENDS: dict[str, Send] = {"prompt": write_promptly, "twisted": buffered_write}
 
 LOG_BYTES = 32 << 20  # the log's ring: written over from the start when full
 
+Held = list[tuple["BareQueue", bytes]]  # (connection, reply) in the order they were held
+
 
 class DurableLog:
-    """The set and removal records of each reactor turn, flushed as one group by a thread.
+    """The set and removal records gathered while no flush runs, flushed as one group by a
+    thread: at most one flush in flight, the next group gathering meanwhile.
 
-    Reactor thread only, but for :meth:`_write`. While a group is being flushed the next
-    one gathers; its held replies go out, in order, when its flush returns.
+    Reactor thread only, but for :meth:`_write`. A group's held replies go out, in order,
+    when its flush returns. The writer failing stops the server: clients waiting for a
+    flush that will never come would otherwise hang with it.
     """
 
     def __init__(self, path: Path, reactor: Any, send: Send) -> None:
         self.reactor = reactor
         self.send = send
+        self.flush: Callable[[int], None] = os.fdatasync  # the one flush per group
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         zeros = bytes(1 << 20)
         for _ in range(LOG_BYTES >> 20):
@@ -74,26 +79,25 @@ class DurableLog:
         os.fsync(self.fd)  # the ring's blocks are allocated and written once, up front
         self.offset = 0
         self.records = bytearray()
-        self.held: list[tuple[BareQueue, bytes]] = []
+        self.held: Held = []
         self.flushing = False
         self.turn_due = False
-        self.groups: queue.SimpleQueue[tuple[bytes, list[tuple[BareQueue, bytes]]] | None]
-        self.groups = queue.SimpleQueue()
+        self.groups: queue.SimpleQueue[tuple[bytes, Held] | None] = queue.SimpleQueue()
         self.writer = threading.Thread(target=self._write, name="bare-log-writer", daemon=True)
         self.writer.start()
 
     def close(self) -> None:
-        """Stop the writer once the groups handed to it are written; close the file."""
+        """Stop the writer once the groups handed to it are written (it closes the file)."""
         self.groups.put(None)
         self.writer.join(timeout=10)
-        os.close(self.fd)
 
     def append(self, record: bytes) -> None:
         self.records += record
         self._turn_soon()
 
     def hold(self, connection: BareQueue, reply: bytes) -> None:
-        """Answer ``connection`` with ``reply`` after the flush of this turn's records."""
+        """Answer ``connection`` with ``reply`` after the flush of the records gathered so
+        far (or, with none, once the flushes before it have returned)."""
         connection.waiting += 1
         self.held.append((connection, reply))
         self._turn_soon()
@@ -105,29 +109,49 @@ class DurableLog:
 
     def _end_of_turn(self) -> None:
         self.turn_due = False
-        if not self.flushing and (self.records or self.held):
+        if self.flushing:
+            return  # this group goes when the flush in flight returns
+        if self.records:
             self.flushing = True
             self.groups.put((bytes(self.records), self.held))
             self.records = bytearray()
             self.held = []
+        elif self.held:  # held only for order, behind flushes that have all returned
+            held, self.held = self.held, []
+            self._release(held)
 
     def _write(self) -> None:
         """The writer thread: write each group where the ring is, flush, hand back."""
-        while (group := self.groups.get()) is not None:
-            data, held = group
-            if self.offset + len(data) > LOG_BYTES:
-                self.offset = 0
-            os.pwrite(self.fd, data, self.offset)
-            self.offset += len(data)
-            os.fdatasync(self.fd)
-            self.reactor.callFromThread(self._flushed, held)
+        try:
+            while (group := self.groups.get()) is not None:
+                data, held = group
+                if len(data) > LOG_BYTES:
+                    raise ValueError(f"a group of {len(data)} bytes exceeds the log's ring")
+                if self.offset + len(data) > LOG_BYTES:
+                    self.offset = 0
+                os.pwrite(self.fd, data, self.offset)
+                self.offset += len(data)
+                self.flush(self.fd)
+                self.reactor.callFromThread(self._flushed, held)
+        except Exception as error:  # any failure ends the server, saying why
+            self.reactor.callFromThread(self._failed, error)
+        finally:
+            os.close(self.fd)
 
-    def _flushed(self, held: list[tuple[BareQueue, bytes]]) -> None:
+    def _flushed(self, held: Held) -> None:
         self.flushing = False
+        self._release(held)
+        self._end_of_turn()  # what gathered during the flush goes next
+
+    def _release(self, held: Held) -> None:
         for connection, reply in held:
             connection.waiting -= 1
             self.send(connection.transport, reply)
-        self._end_of_turn()  # what gathered during the flush goes next
+
+    def _failed(self, error: Exception) -> None:
+        print(f"bare_twisted: the log writer failed, stopping: {error!r}", file=sys.stderr)
+        if self.reactor.running:
+            self.reactor.stop()
 
 
 class BareQueue(Protocol):

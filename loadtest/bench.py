@@ -16,8 +16,8 @@ at run time), the yardstick of the performance targets, and also run against Red
 persistence), the durable peer, and against ``bare-twisted`` (loadtest/bare_twisted.py: set
 and get over in-memory deques on Twisted's epoll reactor, the CPython ceiling any server on
 Twisted shares) and ``bare-twisted-log`` (the same with every set flushed to a log before its
-reply, one ``fdatasync`` per reactor turn: the ceiling of any durable server on Twisted);
-all of them show "n/a" in every other scenario.
+reply, one ``fdatasync`` per group, at most one in flight: about the most a durable server on
+CPython and Twisted reaches); all of them show "n/a" in every other scenario.
 
 The celery scenario (kestrelpy only) runs Celery workers against the column's kestrelpy
 and against a Redis it starts itself (loadtest/celery_bench.py), in the same run.
@@ -634,7 +634,7 @@ def _column(name: str) -> str:
     if name == BARE_TWISTED:
         return "bare Twisted (ceiling)"
     if name == BARE_TWISTED_LOG:
-        return "bare Twisted, durable (ceiling)"
+        return "bare Twisted (durable ceiling)"
     if name.startswith("redis-"):
         persistence = name.removeprefix("redis-")
         return "Redis (no persistence)" if persistence == "none" else f"Redis ({persistence})"

@@ -9,7 +9,9 @@ mode runs its writer thread on the real reactor, with its log in a real file.
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,17 +47,49 @@ def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     peer.close()
 
 
+class HeldFlush:
+    """The log's real ``fdatasync``, entered and then held until the test lets it go, so the
+    test sees what the server does while a flush is in flight; counts the flushes."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.calls = 0
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        self.entered.set()
+        if not self.go.wait(timeout=10):
+            raise TimeoutError("the test never let the flush go")
+        os.fdatasync(fd)
+
+
 @pytest.fixture
-def durable(
+def durable_log(
     socket_pair: tuple[socket.socket, socket.socket], tmp_path: Path
-) -> Iterator[BareQueue]:
-    """A durable connection on the real reactor, its log in ``tmp_path``; closed after."""
+) -> Iterator[tuple[BareQueue, HeldFlush]]:
+    """A durable connection on the real reactor, its log in ``tmp_path`` flushed through a
+    :class:`HeldFlush`; the writer stopped after."""
     factory = factory_for("prompt", tmp_path, reactor)
+    assert factory.log is not None
+    flush = factory.log.flush = HeldFlush()
     protocol = factory.buildProtocol(None)
     protocol.makeConnection(SocketTransport(socket_pair[0]))
-    yield protocol
-    assert factory.log is not None
+    yield protocol, flush
+    flush.go.set()
     factory.log.close()
+
+
+async def receive(peer: socket.socket, expected: bytes) -> bytes:
+    """What ``peer`` receives, read off the reactor thread, until ``expected``'s length (or
+    the peer's 5 s timeout, or a close)."""
+    got = b""
+    while len(got) < len(expected):
+        chunk = await threads.deferToThread(peer.recv, 4096)
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 def serve(write: str, ours: socket.socket) -> SocketTransport:
@@ -99,29 +133,33 @@ def test_the_twisted_write_goes_through_twisteds_buffer(
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_durable_mode_answers_a_set_after_its_log_holds_it(
-    durable: BareQueue, socket_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+async def test_the_durable_mode_answers_a_set_only_after_its_flush_returns(
+    durable_log: tuple[BareQueue, HeldFlush],
+    socket_pair: tuple[socket.socket, socket.socket],
+    tmp_path: Path,
 ) -> None:
-    protocol, peer = durable, socket_pair[1]
+    (protocol, flush), peer = durable_log, socket_pair[1]
     protocol.dataReceived(b"set q 0 0 5\r\nhello\r\n")
-    assert nothing_sent(peer)  # held for the writer thread's flush
-    reply = await threads.deferToThread(peer.recv, 4096)  # peer times out after 5 s
-    assert reply == b"STORED\r\n"
-    assert b"+q 5\nhello" in (tmp_path / "bare.log").read_bytes()
+    assert await threads.deferToThread(flush.entered.wait, 5)
+    assert b"+q 5\nhello" in (tmp_path / "bare.log").read_bytes()  # written, being flushed
+    assert nothing_sent(peer)  # the flush has not returned: no STORED yet
+    flush.go.set()
+    assert await receive(peer, b"STORED\r\n") == b"STORED\r\n"
+    assert flush.calls == 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_durable_mode_answers_a_get_at_once_unless_a_set_reply_is_held(
-    durable: BareQueue, socket_pair: tuple[socket.socket, socket.socket]
+async def test_the_durable_mode_answers_a_get_at_once_unless_a_reply_is_held_before_it(
+    durable_log: tuple[BareQueue, HeldFlush], socket_pair: tuple[socket.socket, socket.socket]
 ) -> None:
-    protocol, peer = durable, socket_pair[1]
+    (protocol, flush), peer = durable_log, socket_pair[1]
     protocol.dataReceived(b"get q\r\n")
     assert peer.recv(4096) == b"END\r\n"  # sent before dataReceived returned
     protocol.dataReceived(b"set q 0 0 2\r\nhi\r\n")
-    protocol.dataReceived(b"get q\r\n")
-    assert nothing_sent(peer)  # the get's reply waits behind the held STORED
-    got = b""
-    while len(got) < len(b"STORED\r\nVALUE q 0 2\r\nhi\r\nEND\r\n"):
-        got += await threads.deferToThread(peer.recv, 4096)
-    assert got == b"STORED\r\nVALUE q 0 2\r\nhi\r\nEND\r\n"
+    assert await threads.deferToThread(flush.entered.wait, 5)
+    protocol.dataReceived(b"get other\r\n")  # a miss: nothing to log, held only for order
+    assert nothing_sent(peer)  # neither the STORED in flight nor the END behind it
+    flush.go.set()
+    assert await receive(peer, b"STORED\r\nEND\r\n") == b"STORED\r\nEND\r\n"
     assert protocol.waiting == 0
+    assert flush.calls == 1  # the END rode no flush of its own
